@@ -1,0 +1,2 @@
+//! The `peregrine` command-line tool.
+fn main() {}

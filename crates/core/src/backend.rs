@@ -1,0 +1,213 @@
+//! The `Backend` trait: the list of operations a Falcon forward pass needs, each writing
+//! into a buffer it is given. The CPU backend (f32) is the oracle; the CUDA backend
+//! implements the same list with kernels and is tested against it.
+//!
+//! Legend: T = tokens in this forward, D = hidden size, H = query heads, G = KV groups,
+//! Hd = head dim, P = KV-cache capacity in positions, N/K = linear out/in features.
+
+use crate::{sampling::Sampler, HostTensor, LinearWeight, Result};
+
+/// How the fused `query_key_value` output of one token is laid out: for each KV group,
+/// its `q_per_kv` query heads, then its K head, then its V head (`[G, q_per_kv + 2, Hd]`).
+/// Multi-query (falcon-7b) is G = 1; falcon-rw-1b's per-head `[q, k, v]` is G = H.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QkvLayout {
+    pub n_head: usize,
+    pub n_kv: usize,
+    pub head_dim: usize,
+}
+
+impl QkvLayout {
+    pub fn q_per_kv(&self) -> usize {
+        self.n_head / self.n_kv
+    }
+    /// Elements of one token's fused qkv row: G * (q_per_kv + 2) * Hd.
+    pub fn row_width(&self) -> usize {
+        self.n_kv * (self.q_per_kv() + 2) * self.head_dim
+    }
+    /// The KV group query head `h` reads.
+    pub fn group_of(&self, h: usize) -> usize {
+        h / self.q_per_kv()
+    }
+    /// Offset of query head `h` within a qkv row.
+    pub fn q_offset(&self, h: usize) -> usize {
+        let g = self.group_of(h);
+        (g * (self.q_per_kv() + 2) + h % self.q_per_kv()) * self.head_dim
+    }
+    /// Offset of group `g`'s K head within a qkv row.
+    pub fn k_offset(&self, g: usize) -> usize {
+        (g * (self.q_per_kv() + 2) + self.q_per_kv()) * self.head_dim
+    }
+    /// Offset of group `g`'s V head within a qkv row.
+    pub fn v_offset(&self, g: usize) -> usize {
+        self.k_offset(g) + self.head_dim
+    }
+}
+
+/// One layer's cache: K and V, each (P, G, Hd). Holds the KV groups only; query heads
+/// of a group share them (transformers broadcasts to every head; we do not).
+pub struct LayerKv<B: Backend + ?Sized> {
+    pub k: B::Buf,
+    pub v: B::Buf,
+}
+
+/// The KV cache of one sequence. Allocated by the engine, written by the backend.
+pub struct KvCache<B: Backend + ?Sized> {
+    pub layers: Vec<LayerKv<B>>,
+    /// P: positions each layer can hold.
+    pub capacity: usize,
+    pub n_kv: usize,
+    pub head_dim: usize,
+    /// Positions filled so far.
+    pub len: usize,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Allocate `n_layers` layers of (capacity, n_kv, head_dim) for K and V.
+    pub fn new(backend: &B, n_layers: usize, capacity: usize, n_kv: usize, head_dim: usize) -> Result<Self> {
+        let per = capacity * n_kv * head_dim;
+        let layers = (0..n_layers)
+            .map(|_| Ok(LayerKv { k: backend.alloc(per)?, v: backend.alloc(per)? }))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvCache { layers, capacity, n_kv, head_dim, len: 0 })
+    }
+
+    /// Where position `pos` of the sequence lives in each layer's buffers (its row).
+    /// One function, so a paged cache can replace the identity later.
+    pub fn slot(&self, pos: usize) -> usize {
+        pos
+    }
+
+    /// Forget everything (a new sequence).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// Everything attention needs besides the buffers.
+#[derive(Clone, Debug)]
+pub struct AttentionParams<'a> {
+    pub layout: QkvLayout,
+    /// (T,) the position of each query row; row t attends cache slots 0..=positions[t].
+    pub positions: &'a [u32],
+    /// 1 / sqrt(Hd).
+    pub scale: f32,
+    /// (H,) ALiBi slopes (already rounded as transformers rounds them), or None for rotary.
+    pub alibi_slopes: Option<&'a [f32]>,
+}
+
+/// Rotary embedding settings (GPT-NeoX style over the whole head).
+#[derive(Clone, Copy, Debug)]
+pub struct RotaryParams {
+    pub theta: f32,
+    /// Positions are divided by this (linear RoPE scaling); 1.0 = none.
+    pub position_scale: f32,
+}
+
+/// Bytes on a device: now and the high-water mark since the last reset.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct MemoryStats {
+    pub current_bytes: u64,
+    pub peak_bytes: u64,
+}
+
+/// The operations of a Falcon forward pass.
+pub trait Backend {
+    /// An activation buffer (f32 on the CPU, bf16 or f32 on a GPU).
+    type Buf;
+    /// A linear layer's weights in the backend's own layout (dense or quantized).
+    type Linear;
+
+    /// A short description ("cpu (16 threads)", "cuda:0 NVIDIA H200").
+    fn name(&self) -> String;
+
+    /// A zero-initialised buffer of `len` elements.
+    fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    /// A buffer holding `values`.
+    fn upload(&self, values: &[f32]) -> Result<Self::Buf>;
+    /// `len` values starting at `offset`, as f32.
+    fn download(&self, buf: &Self::Buf, offset: usize, len: usize) -> Result<Vec<f32>>;
+    /// A vector parameter (layernorm weight or bias, linear bias).
+    fn load_vector(&self, t: &HostTensor) -> Result<Self::Buf>;
+    /// Prepare a linear layer's weights (repacking them if the backend wants).
+    fn load_linear(&self, w: LinearWeight) -> Result<Self::Linear>;
+    /// (N, K) of a loaded linear.
+    fn linear_dims(&self, w: &Self::Linear) -> (usize, usize);
+    /// Bytes a loaded linear keeps resident.
+    fn linear_bytes(&self, w: &Self::Linear) -> usize;
+
+    /// out (T, D) = rows `ids` of `table` (V, D).
+    fn embedding(&self, table: &Self::Linear, ids: &[u32], out: &mut Self::Buf) -> Result<()>;
+    /// out (T, D) = LayerNorm(x) * weight + bias, over the last dimension.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        weight: &Self::Buf,
+        bias: &Self::Buf,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// out (T, N) = x (T, K) @ W^T + bias.
+    fn linear(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        w: &Self::Linear,
+        bias: Option<&Self::Buf>,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// Rotate the Q and K heads of a fused qkv (T, row_width) in place.
+    fn rotary(
+        &self,
+        qkv: &mut Self::Buf,
+        layout: QkvLayout,
+        positions: &[u32],
+        rope: RotaryParams,
+    ) -> Result<()>;
+    /// Copy each token's K and V heads from qkv (T, row_width) into the cache at its position.
+    fn append_kv(
+        &self,
+        qkv: &Self::Buf,
+        layout: QkvLayout,
+        positions: &[u32],
+        cache: &mut LayerKv<Self>,
+    ) -> Result<()>;
+    /// out (T, H * Hd) = causal softmax(q k^T * scale [+ alibi]) v over the cache.
+    fn attention(
+        &self,
+        qkv: &Self::Buf,
+        cache: &LayerKv<Self>,
+        params: &AttentionParams<'_>,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// x = GELU(x) (the exact erf form), first `len` elements.
+    fn gelu(&self, x: &mut Self::Buf, len: usize) -> Result<()>;
+    /// dst += src, first `len` elements.
+    fn add(&self, dst: &mut Self::Buf, src: &Self::Buf, len: usize) -> Result<()>;
+    /// dst[0..n_rows] = src[src_row..src_row + n_rows], rows of `dim` elements.
+    fn copy_rows(&self, src: &Self::Buf, src_row: usize, n_rows: usize, dim: usize, dst: &mut Self::Buf) -> Result<()>;
+    /// Wait until all queued work is done.
+    fn synchronize(&self) -> Result<()>;
+    /// Device memory in use and its high-water mark (host backends report their buffers).
+    fn memory(&self) -> MemoryStats;
+    /// Start a new high-water mark at the current use.
+    fn reset_peak_memory(&self);
+
+    /// Choose the next token from row `row` of `logits` (rows of `vocab`). The default
+    /// downloads the row and samples on the host; a GPU backend may sample on the device
+    /// so only the token crosses.
+    fn sample(
+        &self,
+        logits: &Self::Buf,
+        row: usize,
+        vocab: usize,
+        sampler: &mut Sampler,
+        history: &[u32],
+    ) -> Result<u32> {
+        let mut values = self.download(logits, row * vocab, vocab)?;
+        Ok(sampler.sample(&mut values, history))
+    }
+}

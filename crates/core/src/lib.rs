@@ -1,0 +1,20 @@
+//! Peregrine's shared vocabulary: errors, dtypes, host tensors, the stored formats of
+//! (quantized) weights, the sampler, and the `Backend` trait that every compute backend
+//! implements.
+//!
+//! Design choice: backends write into buffers they are given instead of returning fresh
+//! tensors, so a decode step can be captured once as a CUDA graph and replayed without
+//! allocation (see ../shared/DESIGN-NOTES.md).
+
+pub mod backend;
+pub mod dtype;
+pub mod error;
+pub mod sampling;
+pub mod tensor;
+pub mod weights;
+
+pub use backend::{AttentionParams, Backend, KvCache, LayerKv, MemoryStats, QkvLayout, RotaryParams};
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use tensor::HostTensor;
+pub use weights::{Absmax, FourBitFormat, FourBitWeight, Int8Weight, LinearWeight, QuantKind};

@@ -1,0 +1,1 @@
+//! The f32 CPU backend: the oracle every other backend is tested against.

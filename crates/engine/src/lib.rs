@@ -1,0 +1,1 @@
+//! Tokenizer, generation loop, streaming and perplexity.

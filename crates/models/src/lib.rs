@@ -1,0 +1,1 @@
+//! Falcon configuration resolution, checkpoint loading and the Falcon forward pass.
