@@ -1,0 +1,194 @@
+// attention.cu: causal attention of the query heads of a fused qkv over a KV cache that holds
+// only the KV groups. Row t attends cache slots 0..=positions[t]. Score = (q.k) * scale, or with
+// ALiBi (q.k + round_bf16(slope_h * j)) * scale for key slot j; softmax and accumulation in f32
+// (online softmax: no T x T matrix anywhere). Output row t, head h at out[t, h*Hd .. (h+1)*Hd].
+// Kernels (HD = head dim, instantiated for 64 and 128: every Falcon; add a line at the end for more):
+//   attention_prefill_bf16_hd{HD}: grid (ceil(T/32), H), 128 threads. A block owns 32 query rows
+//     of one head; thread (r = tid/4, c4 = tid%4) owns row r: it scores keys c4, c4+4, .. of each
+//     32-key tile and accumulates output dims c4, c4+4, ..; the 4 threads of a row exchange
+//     probabilities with warp shuffles. Q, K and V tiles sit in dynamic shared memory as f32 with
+//     rows padded to HD+1 floats (conflict-free column reads). Dynamic smem = 3*32*(HD+1)*4 bytes.
+//   attention_decode_bf16_hd{HD}: grid (T, H), 128 threads (4 warps). Warp w takes keys w, w+4, ..;
+//     lane l holds dims [l*HD/32, (l+1)*HD/32) of q, the running output and reads the same dims of
+//     each K/V row (coalesced); scores are warp sums. The 4 warps' (max, sum, acc) merge in smem.
+//     Best for few query rows (decode), where a 32-row tile would be mostly empty.
+// Assumptions: positions[t] < P (checked on the host); HD % 32 == 0.
+#include "prelude.cuh"
+
+#define PF_ROWS 32
+#define PF_KEYS 32
+#define PF_THREADS 128
+
+template <int HD>
+__device__ __forceinline__ void prefill_body(const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
+                                             const bf16* __restrict__ v_cache, const u32* __restrict__ positions,
+                                             const float* __restrict__ slopes, bf16* __restrict__ out, int T,
+                                             int n_head, int n_kv, int row_width, float scale) {
+    extern __shared__ float smem[];
+    constexpr int LD = HD + 1;
+    float* Qs = smem;                  // [PF_ROWS][LD]
+    float* Ks = Qs + PF_ROWS * LD;     // [PF_KEYS][LD]
+    float* Vs = Ks + PF_KEYS * LD;     // [PF_KEYS][LD]
+
+    const int tid = threadIdx.x, lane = tid & 31;
+    const int r = tid >> 2, c4 = tid & 3;
+    const int h = blockIdx.y, qpk = n_head / n_kv, g = h / qpk;
+    const int t0 = blockIdx.x * PF_ROWS;
+    const int q_off = (g * (qpk + 2) + h % qpk) * HD;
+
+    // Q tile (rows past T are zeros and fully masked).
+    for (int e = tid; e < PF_ROWS * HD; e += PF_THREADS) {
+        const int rr = e / HD, d = e % HD, t = t0 + rr;
+        Qs[rr * LD + d] = (t < T) ? bf2f(qkv[(i64)t * row_width + q_off + d]) : 0.f;
+    }
+    const int t = t0 + r;
+    const int my_pos = (t < T) ? (int)positions[t] : -1;
+    int max_pos = -1;
+    for (int rr = 0; rr < PF_ROWS && t0 + rr < T; rr++) max_pos = max(max_pos, (int)positions[t0 + rr]);
+    const float slope = (slopes != nullptr) ? slopes[h] : 0.f;
+
+    float m = NEG_INF, l = 0.f;
+    float o[HD / 4];
+#pragma unroll
+    for (int i = 0; i < HD / 4; i++) o[i] = 0.f;
+
+    for (int k0 = 0; k0 <= max_pos; k0 += PF_KEYS) {
+        __syncthreads();  // previous tile fully consumed (and Q written, first time)
+        for (int e = tid; e < PF_KEYS * HD; e += PF_THREADS) {
+            const int c = e / HD, d = e % HD, j = k0 + c;
+            float kv = 0.f, vv = 0.f;
+            if (j <= max_pos) {
+                const i64 src = ((i64)j * n_kv + g) * HD + d;
+                kv = bf2f(k_cache[src]);
+                vv = bf2f(v_cache[src]);
+            }
+            Ks[c * LD + d] = kv;
+            Vs[c * LD + d] = vv;
+        }
+        __syncthreads();
+
+        float s[PF_KEYS / 4];
+        float tile_max = NEG_INF;
+#pragma unroll
+        for (int jj = 0; jj < PF_KEYS / 4; jj++) {
+            const int c = c4 + 4 * jj, j = k0 + c;
+            float dot = 0.f;
+#pragma unroll 8
+            for (int d = 0; d < HD; d++) dot += Qs[r * LD + d] * Ks[c * LD + d];
+            float sc;
+            if (slopes != nullptr) sc = (dot + round_bf16(slope * (float)j)) * scale;
+            else sc = dot * scale;
+            s[jj] = (j <= my_pos) ? sc : NEG_INF;
+            tile_max = fmaxf(tile_max, s[jj]);
+        }
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(FULL_MASK, tile_max, 1));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(FULL_MASK, tile_max, 2));
+        const float m_new = fmaxf(m, tile_max);
+        const float m_use = (m_new == NEG_INF) ? 0.f : m_new;  // fully masked so far: keep zeros
+        const float corr = expf(m - m_use);
+        float psum = 0.f;
+#pragma unroll
+        for (int jj = 0; jj < PF_KEYS / 4; jj++) {
+            s[jj] = expf(s[jj] - m_use);
+            psum += s[jj];
+        }
+        psum += __shfl_xor_sync(FULL_MASK, psum, 1);
+        psum += __shfl_xor_sync(FULL_MASK, psum, 2);
+        l = l * corr + psum;
+#pragma unroll
+        for (int i = 0; i < HD / 4; i++) o[i] *= corr;
+#pragma unroll
+        for (int jj = 0; jj < PF_KEYS / 4; jj++) {
+#pragma unroll
+            for (int sl = 0; sl < 4; sl++) {
+                const float p = __shfl_sync(FULL_MASK, s[jj], (lane & ~3) | sl);
+                const float* vrow = Vs + (sl + 4 * jj) * LD + c4;
+#pragma unroll
+                for (int i = 0; i < HD / 4; i++) o[i] += p * vrow[4 * i];
+            }
+        }
+        m = m_new;
+    }
+    if (t < T) {
+        const float inv = 1.0f / l;
+        bf16* orow = out + (i64)t * n_head * HD + h * HD + c4;
+#pragma unroll
+        for (int i = 0; i < HD / 4; i++) orow[4 * i] = f2bf(o[i] * inv);
+    }
+}
+
+#define DECODE_WARPS 4
+
+template <int HD>
+__device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
+                                            const bf16* __restrict__ v_cache, const u32* __restrict__ positions,
+                                            const float* __restrict__ slopes, bf16* __restrict__ out, int T,
+                                            int n_head, int n_kv, int row_width, float scale) {
+    constexpr int EPL = HD / 32;  // elements per lane
+    __shared__ float red_m[DECODE_WARPS], red_l[DECODE_WARPS];
+    __shared__ float red_o[DECODE_WARPS][HD];
+    const int t = blockIdx.x, h = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int qpk = n_head / n_kv, g = h / qpk;
+    const bf16* q = qkv + (i64)t * row_width + (g * (qpk + 2) + h % qpk) * HD + lane * EPL;
+    float qv[EPL], acc[EPL];
+#pragma unroll
+    for (int e = 0; e < EPL; e++) {
+        qv[e] = bf2f(q[e]);
+        acc[e] = 0.f;
+    }
+    const int pos = (int)positions[t];
+    const float slope = (slopes != nullptr) ? slopes[h] : 0.f;
+    float m = NEG_INF, l = 0.f;
+    for (int j = warp; j <= pos; j += DECODE_WARPS) {
+        const i64 base = ((i64)j * n_kv + g) * HD + lane * EPL;
+        float part = 0.f;
+#pragma unroll
+        for (int e = 0; e < EPL; e++) part += qv[e] * bf2f(k_cache[base + e]);
+        const float dot = warp_sum(part);
+        const float s = (slopes != nullptr) ? (dot + round_bf16(slope * (float)j)) * scale : dot * scale;
+        const float m_new = fmaxf(m, s);
+        const float corr = expf(m - m_new);
+        const float p = expf(s - m_new);
+        l = l * corr + p;
+#pragma unroll
+        for (int e = 0; e < EPL; e++) acc[e] = acc[e] * corr + p * bf2f(v_cache[base + e]);
+        m = m_new;
+    }
+    if (lane == 0) {
+        red_m[warp] = m;
+        red_l[warp] = l;
+    }
+#pragma unroll
+    for (int e = 0; e < EPL; e++) red_o[warp][lane * EPL + e] = acc[e];
+    __syncthreads();
+    float M = red_m[0];
+    for (int w = 1; w < DECODE_WARPS; w++) M = fmaxf(M, red_m[w]);  // warp 0 always has key 0
+    float L = 0.f, wscale[DECODE_WARPS];
+    for (int w = 0; w < DECODE_WARPS; w++) {
+        wscale[w] = (red_m[w] == NEG_INF) ? 0.f : expf(red_m[w] - M);
+        L += red_l[w] * wscale[w];
+    }
+    const float inv = 1.0f / L;
+    bf16* orow = out + (i64)t * n_head * HD + h * HD;
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        float v = 0.f;
+        for (int w = 0; w < DECODE_WARPS; w++) v += red_o[w][d] * wscale[w];
+        orow[d] = f2bf(v * inv);
+    }
+}
+
+#define ATTENTION_KERNELS(HD)                                                                              \
+    extern "C" __global__ void __launch_bounds__(PF_THREADS) attention_prefill_bf16_hd##HD(              \
+        const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const u32* positions, const float* slopes, \
+        bf16* out, int T, int n_head, int n_kv, int row_width, float scale) {                              \
+        prefill_body<HD>(qkv, k_cache, v_cache, positions, slopes, out, T, n_head, n_kv, row_width, scale); \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(DECODE_WARPS * 32) attention_decode_bf16_hd##HD(        \
+        const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const u32* positions, const float* slopes, \
+        bf16* out, int T, int n_head, int n_kv, int row_width, float scale) {                              \
+        decode_body<HD>(qkv, k_cache, v_cache, positions, slopes, out, T, n_head, n_kv, row_width, scale);  \
+    }
+
+ATTENTION_KERNELS(64)
+ATTENTION_KERNELS(128)

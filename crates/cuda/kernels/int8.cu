@@ -1,0 +1,215 @@
+// int8.cu: LLM.int8 weights as bitsandbytes stores them: cb (N, K) int8 row-major, scb (N,) f32
+// per-row absmax; weight = cb * scb / 127.
+// Kernels:
+//   dequant_int8_bf16(cb, scb, K, row_ids, row0, nrows, out (nrows, K)): out = bf16(cb * scb / 127),
+//     thread per element, grid-stride (prefill chunks and embeddings).
+//   gemv_int8_bf16(x (T, K), cb, scb, N, K, T, bias, out (T, N)): weight-only, T <= 8. One warp per
+//     n (4 per block); lane l streams 16-byte words l, l+32, .. of row n; f32 accumulate of
+//     x * cb, scaled once by scb/127 at the end (mathematically the dequantized product).
+//   The LLM.int8 mixed-precision decomposition (threshold > 0), as bitsandbytes' MatMul8bitLt:
+//   int8_outlier_flags(x (T, K), T, K, threshold, flags (K)): flags[k] = any_t |x[t,k]| >= threshold.
+//   int8_compact_cols(flags (K), K, cols (K), count (1)): one block; the flagged column indices
+//     in increasing order (deterministic) and their number.
+//   int8_quant_rows(x (T, K), K, threshold, flags, xq (T, K), sca (T)): one block per row;
+//     sca[t] = max |x[t,k]| over |x| < threshold; xq = round(x * (127 / sca)), 0 in flagged columns.
+//   int8_mm_bf16_bm{16,64}(xq, sca, cb, scb, x, cols, count, T, N, K, bias, out (T, N)):
+//     tiled int8 GEMM with dp4a: block tile BM rows x 64 features, 256 threads (16 x 16), K in
+//     steps of 32 bytes through shared memory (rows padded to 9 words). Epilogue per output:
+//     bf16(fp16(acc * (sca[t] * scb[n]) / 127^2 + bias)) + sum over outlier columns c of
+//     x[t,c] * bf16(cb[n,c] * scb[n] / 127), in f32, one final bf16 rounding (bitsandbytes'
+//     int8_mm_dequant writes fp16, then addmm adds the outlier product to the bf16 output).
+// Assumptions: K % 16 == 0 (gemv), K % 4 == 0 (int8 GEMM), T <= 8 (gemv); checked on the host.
+#include "prelude.cuh"
+
+extern "C" __global__ void dequant_int8_bf16(const i8* __restrict__ cb, const float* __restrict__ scb, int K,
+                                             const u32* __restrict__ row_ids, i64 row0, i64 nrows,
+                                             bf16* __restrict__ out) {
+    const i64 total = nrows * K;
+    for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
+        const i64 i = idx / K;
+        const int k = (int)(idx % K);
+        const i64 r = row_ids ? (i64)row_ids[i] : row0 + i;
+        out[idx] = f2bf(__fdiv_rn(__fmul_rn((float)cb[r * K + k], scb[r]), 127.0f));
+    }
+}
+
+#define GEMV_MAX_T 8
+#define GEMV_WARPS 4
+
+extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
+    gemv_int8_bf16(const bf16* __restrict__ x, const i8* __restrict__ cb, const float* __restrict__ scb, int N,
+                   int K, int T, const bf16* __restrict__ bias, bf16* __restrict__ out) {
+    const int lane = threadIdx.x & 31;
+    const int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (n >= N) return;
+    const int words = K / 16;
+    const uint4* wrow = reinterpret_cast<const uint4*>(cb + (i64)n * K);
+    float acc[GEMV_MAX_T];
+#pragma unroll
+    for (int t = 0; t < GEMV_MAX_T; t++) acc[t] = 0.f;
+    for (int w = lane; w < words; w += 32) {
+        const uint4 q = __ldg(wrow + w);
+        const u32 qw[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int half = 0; half < 2; half++) {  // 8 weights per half
+            float wv[8];
+#pragma unroll
+            for (int b = 0; b < 8; b++) wv[b] = (float)(i8)((qw[2 * half + b / 4] >> (8 * (b % 4))) & 0xFF);
+            const int k = w * 16 + half * 8;
+#pragma unroll
+            for (int t = 0; t < GEMV_MAX_T; t++) {
+                if (t < T) {
+                    const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + (i64)t * K + k));
+                    float xf[8];
+                    unpack8_bf16(xv, xf);
+#pragma unroll
+                    for (int e = 0; e < 8; e++) acc[t] += wv[e] * xf[e];
+                }
+            }
+        }
+    }
+    const float s = scb[n];
+    const float bv = bias ? bf2f(bias[n]) : 0.f;
+#pragma unroll
+    for (int t = 0; t < GEMV_MAX_T; t++) {
+        if (t < T) {
+            const float v = warp_sum(acc[t]);
+            if (lane == 0) out[(i64)t * N + n] = f2bf(__fdiv_rn(v * s, 127.0f) + bv);
+        }
+    }
+}
+
+extern "C" __global__ void int8_outlier_flags(const bf16* __restrict__ x, int T, int K, float threshold,
+                                              u8* __restrict__ flags) {
+    for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < K; k += gridDim.x * blockDim.x) {
+        u8 f = 0;
+        for (int t = 0; t < T; t++) f |= (fabsf(bf2f(x[(i64)t * K + k])) >= threshold) ? 1 : 0;
+        flags[k] = f;
+    }
+}
+
+#define COMPACT_THREADS 1024
+
+extern "C" __global__ void __launch_bounds__(COMPACT_THREADS)
+    int8_compact_cols(const u8* __restrict__ flags, int K, int* __restrict__ cols, int* __restrict__ count) {
+    __shared__ int sums[COMPACT_THREADS];
+    const int per = (K + COMPACT_THREADS - 1) / COMPACT_THREADS;
+    const int begin = min(K, threadIdx.x * per), end = min(K, begin + per);
+    int mine = 0;
+    for (int k = begin; k < end; k++) mine += flags[k];
+    sums[threadIdx.x] = mine;
+    __syncthreads();
+    // Hillis-Steele inclusive scan over the per-thread counts.
+    for (int off = 1; off < COMPACT_THREADS; off <<= 1) {
+        const int v = (threadIdx.x >= off) ? sums[threadIdx.x - off] : 0;
+        __syncthreads();
+        sums[threadIdx.x] += v;
+        __syncthreads();
+    }
+    int at = sums[threadIdx.x] - mine;
+    for (int k = begin; k < end; k++)
+        if (flags[k]) cols[at++] = k;
+    if (threadIdx.x == COMPACT_THREADS - 1) *count = sums[threadIdx.x];
+}
+
+extern "C" __global__ void int8_quant_rows(const bf16* __restrict__ x, int K, float threshold,
+                                           const u8* __restrict__ flags, i8* __restrict__ xq,
+                                           float* __restrict__ sca) {
+    __shared__ float scratch[32];
+    const bf16* xr = x + (i64)blockIdx.x * K;
+    i8* qr = xq + (i64)blockIdx.x * K;
+    float m = 0.f;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        const float a = fabsf(bf2f(xr[k]));
+        if (threshold <= 0.f || a < threshold) m = fmaxf(m, a);
+    }
+    const float absmax = block_max(m, scratch);
+    const float s = 127.0f / absmax;
+    for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        int q = 0;
+        if (!flags[k] && absmax > 0.f) q = __float2int_rn(bf2f(xr[k]) * s);
+        qr[k] = (i8)max(-127, min(127, q));
+    }
+    if (threadIdx.x == 0) sca[blockIdx.x] = absmax;
+}
+
+#define MM_BN 64
+#define MM_KB 32  // bytes of K per step
+#define MM_LDW 9  // words per smem row (8 + 1 pad)
+
+template <int BM>
+__device__ __forceinline__ void int8_mm_body(const i8* __restrict__ xq, const float* __restrict__ sca,
+                                             const i8* __restrict__ cb, const float* __restrict__ scb,
+                                             const bf16* __restrict__ x, const int* __restrict__ cols,
+                                             const int* __restrict__ count, int T, int N, int K,
+                                             const bf16* __restrict__ bias, bf16* __restrict__ out) {
+    constexpr int RM = BM / 16;  // rows per thread
+    __shared__ int Xs[BM][MM_LDW];
+    __shared__ int Ws[MM_BN][MM_LDW];
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    const int t0 = blockIdx.y * BM, n0 = blockIdx.x * MM_BN;
+    int acc[RM][4];
+#pragma unroll
+    for (int i = 0; i < RM; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[i][j] = 0;
+
+    const int kwords = K / 4;
+    for (int kw0 = 0; kw0 < kwords; kw0 += MM_KB / 4) {
+        __syncthreads();
+        for (int e = tid; e < BM * 8; e += 256) {
+            const int rr = e >> 3, w = e & 7, t = t0 + rr, kw = kw0 + w;
+            Xs[rr][w] = (t < T && kw < kwords) ? *reinterpret_cast<const int*>(xq + (i64)t * K + 4 * kw) : 0;
+        }
+        for (int e = tid; e < MM_BN * 8; e += 256) {
+            const int rr = e >> 3, w = e & 7, n = n0 + rr, kw = kw0 + w;
+            Ws[rr][w] = (n < N && kw < kwords) ? __ldg(reinterpret_cast<const int*>(cb + (i64)n * K + 4 * kw)) : 0;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int w = 0; w < 8; w++) {
+            int a[RM], b[4];
+#pragma unroll
+            for (int i = 0; i < RM; i++) a[i] = Xs[ty + 16 * i][w];
+#pragma unroll
+            for (int j = 0; j < 4; j++) b[j] = Ws[tx + 16 * j][w];
+#pragma unroll
+            for (int i = 0; i < RM; i++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[i][j] = __dp4a(a[i], b[j], acc[i][j]);
+        }
+    }
+    const int n_out = count ? *count : 0;
+#pragma unroll
+    for (int i = 0; i < RM; i++) {
+        const int t = t0 + ty + 16 * i;
+        if (t >= T) continue;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int n = n0 + tx + 16 * j;
+            if (n >= N) continue;
+            float v = (float)acc[i][j] * (sca[t] * scb[n]) * 6.200124e-05f;
+            if (bias) v += bf2f(bias[n]);
+            v = bf2f(f2bf(__half2float(__float2half_rn(v))));
+            float o = 0.f;
+            for (int c = 0; c < n_out; c++) {
+                const int k = cols[c];
+                const float w = round_bf16(__fdiv_rn(__fmul_rn((float)cb[(i64)n * K + k], scb[n]), 127.0f));
+                o += bf2f(x[(i64)t * K + k]) * w;
+            }
+            out[(i64)t * N + n] = f2bf(v + o);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    int8_mm_bf16_bm16(const i8* xq, const float* sca, const i8* cb, const float* scb, const bf16* x, const int* cols,
+                      const int* count, int T, int N, int K, const bf16* bias, bf16* out) {
+    int8_mm_body<16>(xq, sca, cb, scb, x, cols, count, T, N, K, bias, out);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    int8_mm_bf16_bm64(const i8* xq, const float* sca, const i8* cb, const float* scb, const bf16* x, const int* cols,
+                      const int* count, int T, int N, int K, const bf16* bias, bf16* out) {
+    int8_mm_body<64>(xq, sca, cb, scb, x, cols, count, T, N, K, bias, out);
+}

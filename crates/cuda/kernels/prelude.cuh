@@ -1,0 +1,102 @@
+// prelude.cuh: helpers shared by every Peregrine kernel file (passed to NVRTC as a header).
+// Contents: short type names, bf16 <-> f32, warp/block reductions, and the bitsandbytes 4-bit
+// scale restore (plain f32 absmax, or double-quantized: code2[q[i]] * nested[i / nbs] + offset,
+// computed with explicit round-to-nearest multiply then add so no FMA contraction changes it).
+// Assumptions: blockDim.x is a multiple of 32 and at most 1024 wherever block_* helpers are used.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+typedef __nv_bfloat16 bf16;
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef long long i64;
+
+#define FULL_MASK 0xffffffffu
+#define NEG_INF (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ float bf2f(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ bf16 f2bf(float x) { return __float2bfloat16_rn(x); }
+/// Round an f32 to the nearest bf16 and back (what a bf16 tensor would hold).
+__device__ __forceinline__ float round_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
+/// The 8 bf16 values of a 16-byte word, as f32.
+__device__ __forceinline__ void unpack8_bf16(uint4 w, float* out) {
+    const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&w);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 f = __bfloat1622float2(p[i]);
+        out[2 * i] = f.x;
+        out[2 * i + 1] = f.y;
+    }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ int warp_sum_int(int v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+/// Sum over the whole block; every thread gets the result. `scratch` holds 32 floats.
+/// Contains barriers: every thread of the block must call it.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float total = 0.f;
+    for (int w = 0; w < nwarps; w++) total += scratch[w];  // same order in every thread
+    return total;
+}
+
+/// Max over the whole block; every thread gets the result. Same contract as block_sum.
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float m = scratch[0];
+    for (int w = 1; w < nwarps; w++) m = fmaxf(m, scratch[w]);
+    return m;
+}
+
+/// The scale of 4-bit block `i` (bitsandbytes). `plain` non-null: f32 absmax per block.
+/// Otherwise double quantization: code2[q[i]] * nested[i / nested_blocksize] + offset, each
+/// operation rounded separately exactly as bitsandbytes' dequantize_blockwise then `+= offset`.
+__device__ __forceinline__ float absmax_at(const float* plain, const u8* q, const float* code2,
+                                           const float* nested, int nested_blocksize, float offset, i64 i) {
+    if (plain != nullptr) return plain[i];
+    return __fadd_rn(__fmul_rn(code2[q[i]], nested[i / nested_blocksize]), offset);
+}
+
+/// Counter-based standard normal: value number `idx` of stream `seed` (splitmix64 hash, then
+/// Box-Muller on two 24-bit uniforms). The same (seed, idx) gives the same value on any launch shape.
+__device__ __forceinline__ u64 splitmix64(u64 z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+__device__ __forceinline__ float normal_at(u64 seed, u64 idx) {
+    const u64 h = splitmix64(splitmix64(seed) ^ idx);
+    const float u1 = (float)((h >> 40) + 1) * 5.9604644775390625e-8f;  // (0, 1]
+    const float u2 = (float)(h & 0xFFFFFFull) * 5.9604644775390625e-8f; // [0, 1)
+    return sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
+}

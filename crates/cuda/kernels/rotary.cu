@@ -1,0 +1,51 @@
+// rotary.cu: GPT-NeoX rotary embedding over whole heads, and the KV-cache append.
+// Kernels:
+//   rotary_bf16(qkv (T, row_width), positions (T), n_head, n_kv, head_dim, row_width, theta, position_scale)
+//     grid (T, n_head + n_kv): blockIdx.y < n_head rotates query head y, else the K head of group
+//     y - n_head. Threads stride over the Hd/2 pairs. For pair i: inv_freq = 1 / theta^(2i/Hd),
+//     angle = (pos / position_scale) * inv_freq, both in f32; (x[i], x[i+Hd/2]) ->
+//     (x[i] cos - x[i+Hd/2] sin, x[i+Hd/2] cos + x[i] sin), rounded to bf16.
+//   append_kv_bf16(qkv (T, row_width), positions (T), k_cache (P, G, Hd), v_cache (P, G, Hd), n_head, n_kv, head_dim, row_width)
+//     grid (T, G): copies group g's K and V heads of token t to cache row positions[t].
+// Layout (QkvLayout in peregrine-core): per group g, q_per_kv query heads, then K, then V, each Hd wide.
+// Assumptions: positions < P checked on the host; sincosf is the precise version (angles reach 1e4 rad).
+#include "prelude.cuh"
+
+extern "C" __global__ void rotary_bf16(bf16* __restrict__ qkv, const u32* __restrict__ positions, int n_head,
+                                       int n_kv, int head_dim, int row_width, float theta, float position_scale) {
+    const int t = blockIdx.x, hh = blockIdx.y;
+    const int qpk = n_head / n_kv;
+    int off;
+    if (hh < n_head) {
+        const int g = hh / qpk;
+        off = (g * (qpk + 2) + hh % qpk) * head_dim;
+    } else {
+        const int g = hh - n_head;
+        off = (g * (qpk + 2) + qpk) * head_dim;
+    }
+    bf16* x = qkv + (i64)t * row_width + off;
+    const int half = head_dim / 2;
+    const float pos = (float)positions[t] / position_scale;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+        float s, c;
+        sincosf(pos * inv_freq, &s, &c);
+        const float x1 = bf2f(x[i]), x2 = bf2f(x[i + half]);
+        x[i] = f2bf(x1 * c - x2 * s);
+        x[i + half] = f2bf(x2 * c + x1 * s);
+    }
+}
+
+extern "C" __global__ void append_kv_bf16(const bf16* __restrict__ qkv, const u32* __restrict__ positions,
+                                          bf16* __restrict__ k_cache, bf16* __restrict__ v_cache, int n_head,
+                                          int n_kv, int head_dim, int row_width) {
+    const int t = blockIdx.x, g = blockIdx.y;
+    const int qpk = n_head / n_kv;
+    const bf16* k = qkv + (i64)t * row_width + (g * (qpk + 2) + qpk) * head_dim;
+    const bf16* v = k + head_dim;
+    const i64 dst = ((i64)positions[t] * n_kv + g) * head_dim;
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        k_cache[dst + d] = k[d];
+        v_cache[dst + d] = v[d];
+    }
+}
