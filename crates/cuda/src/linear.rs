@@ -1,0 +1,329 @@
+//! Linear layers on the device: dense bf16, LLM.int8 and bitsandbytes NF4/FP4, kept in their
+//! stored layout (no repacking: every dequantized value is bitsandbytes' by construction).
+//!
+//! Dispatch (`matmul`): dense goes to cuBLAS. Quantized weights with few rows (T <= 8, decode)
+//! use a fused dequantize-and-multiply GEMV that streams the packed weights once; more rows
+//! (prefill) dequantize chunks of at most `DEQUANT_CHUNK_ELEMS` weights to bf16 and call cuBLAS,
+//! so the extra memory stays bounded (64 MiB) whatever the layer. LLM.int8 with a threshold runs
+//! the mixed-precision decomposition (int8 x int8 in dp4a for regular columns, bf16 for the
+//! outlier columns), as bitsandbytes' MatMul8bitLt does.
+//!
+//! Legend: N = output features, K = input features, T = rows of the activation.
+
+use half::bf16;
+use peregrine_core::{Absmax, DType, Error, FourBitFormat, FourBitWeight, Int8Weight, LinearWeight, Result};
+
+use crate::alloc::DeviceBuffer;
+use crate::device::{Args, Device, Grid};
+
+/// Rows at or below which quantized linears use the fused GEMV kernels.
+pub const GEMV_MAX_ROWS: usize = 8;
+/// Weights dequantized per chunk on the prefill path (bf16: 64 MiB).
+pub const DEQUANT_CHUNK_ELEMS: usize = 32 << 20;
+
+/// Per-block scales of a 4-bit weight, on the device.
+pub enum DeviceAbsmax {
+    /// (blocks,) f32.
+    Plain(DeviceBuffer<f32>),
+    /// absmax[i] = code[q[i]] * nested[i / nested_blocksize] + offset.
+    Double {
+        /// (blocks,)
+        q: DeviceBuffer<u8>,
+        /// (256,)
+        code: DeviceBuffer<f32>,
+        /// (blocks / nested_blocksize rounded up,)
+        nested: DeviceBuffer<f32>,
+        nested_blocksize: usize,
+        offset: f32,
+    },
+}
+
+impl DeviceAbsmax {
+    fn bytes(&self) -> usize {
+        match self {
+            DeviceAbsmax::Plain(a) => a.bytes(),
+            DeviceAbsmax::Double { q, code, nested, .. } => q.bytes() + code.bytes() + nested.bytes(),
+        }
+    }
+    /// The six kernel arguments: plain, q, code, nested, nested_blocksize, offset.
+    fn args(&self, a: Args) -> Args {
+        match self {
+            DeviceAbsmax::Plain(p) => a.ptr(p.ptr()).ptr(0).ptr(0).ptr(0).i32(1).f32(0.0),
+            DeviceAbsmax::Double { q, code, nested, nested_blocksize, offset } => {
+                a.ptr(0).ptr(q.ptr()).ptr(code.ptr()).ptr(nested.ptr()).i32(*nested_blocksize as i32).f32(*offset)
+            }
+        }
+    }
+}
+
+/// A linear layer's weights on the device.
+pub enum CudaLinear {
+    /// w (N, K) bf16 row-major.
+    Dense { w: DeviceBuffer<bf16>, n: usize, k: usize },
+    /// cb (N, K) int8, scb (N,) f32; weight = cb * scb / 127.
+    Int8 { cb: DeviceBuffer<i8>, scb: DeviceBuffer<f32>, threshold: Option<f32>, n: usize, k: usize },
+    /// packed (N*K/2,) two codes a byte (high nibble first), scales per `blocksize` weights.
+    FourBit {
+        packed: DeviceBuffer<u8>,
+        absmax: DeviceAbsmax,
+        /// (16,)
+        code: DeviceBuffer<f32>,
+        blocksize: usize,
+        format: FourBitFormat,
+        /// The dtype that was quantized (kept for `to_host`; the kernels always produce bf16).
+        dtype: DType,
+        n: usize,
+        k: usize,
+    },
+}
+
+impl CudaLinear {
+    /// (N, K).
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            CudaLinear::Dense { n, k, .. } | CudaLinear::Int8 { n, k, .. } | CudaLinear::FourBit { n, k, .. } => (*n, *k),
+        }
+    }
+    /// Bytes resident on the device.
+    pub fn bytes(&self) -> usize {
+        match self {
+            CudaLinear::Dense { w, .. } => w.bytes(),
+            CudaLinear::Int8 { cb, scb, .. } => cb.bytes() + scb.bytes(),
+            CudaLinear::FourBit { packed, absmax, code, .. } => packed.bytes() + absmax.bytes() + code.bytes(),
+        }
+    }
+}
+
+fn bad(what: &str, msg: String) -> Error {
+    Error::input(format!("{what}: {msg}"))
+}
+
+/// Upload a linear layer's weights in their stored format (dense ones become bf16).
+pub fn load(dev: &Device, w: LinearWeight) -> Result<CudaLinear> {
+    match w {
+        LinearWeight::Dense(t) => {
+            let (n, k) = t.dims2();
+            if t.shape.len() != 2 {
+                return Err(bad("dense linear", format!("expected a 2-D weight, got shape {:?}", t.shape)));
+            }
+            let values: Vec<bf16> = if t.dtype == DType::BF16 {
+                t.bytes.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]])).collect()
+            } else if t.dtype.is_float() {
+                Device::to_bf16(&t.to_f32())
+            } else {
+                return Err(bad("dense linear", format!("weights of dtype {} are not floating point", t.dtype)));
+            };
+            Ok(CudaLinear::Dense { w: dev.upload(&values)?, n, k })
+        }
+        LinearWeight::Int8(w) => load_int8(dev, w),
+        LinearWeight::FourBit(w) => load_four_bit(dev, w),
+    }
+}
+
+fn load_int8(dev: &Device, w: Int8Weight) -> Result<CudaLinear> {
+    let (n, k) = (w.rows, w.cols);
+    if w.cb.len() != n * k || w.scb.len() != n {
+        return Err(bad("int8 linear", format!("cb has {} values and scb {} for ({n}, {k})", w.cb.len(), w.scb.len())));
+    }
+    Ok(CudaLinear::Int8 { cb: dev.upload(&w.cb)?, scb: dev.upload(&w.scb)?, threshold: w.threshold.filter(|t| *t > 0.0), n, k })
+}
+
+fn load_four_bit(dev: &Device, w: FourBitWeight) -> Result<CudaLinear> {
+    let (n, k) = (w.rows, w.cols);
+    let what = format!("{} linear ({n}, {k})", w.format.as_str());
+    if k % 2 != 0 {
+        return Err(bad(&what, "an odd number of input features is not supported".into()));
+    }
+    if w.blocksize == 0 || w.blocksize % 2 != 0 {
+        return Err(bad(&what, format!("blocksize {} must be even and positive", w.blocksize)));
+    }
+    let blocks = (n * k).div_ceil(w.blocksize);
+    if w.packed.len() != n * k / 2 || w.code.len() != 16 || w.absmax.len() != blocks {
+        return Err(bad(
+            &what,
+            format!("packed {} bytes (want {}), code {} (want 16), absmax {} (want {blocks})", w.packed.len(), n * k / 2, w.code.len(), w.absmax.len()),
+        ));
+    }
+    let absmax = match w.absmax {
+        Absmax::Plain(v) => DeviceAbsmax::Plain(dev.upload(&v)?),
+        Absmax::Double { quantized, code, nested_absmax, nested_blocksize, offset } => {
+            if code.len() != 256 || nested_blocksize == 0 || nested_absmax.len() != blocks.div_ceil(nested_blocksize) {
+                return Err(bad(&what, format!("double-quant code {} (want 256), nested {} for {blocks} blocks of {nested_blocksize}", code.len(), nested_absmax.len())));
+            }
+            DeviceAbsmax::Double {
+                q: dev.upload(&quantized)?,
+                code: dev.upload(&code)?,
+                nested: dev.upload(&nested_absmax)?,
+                nested_blocksize,
+                offset,
+            }
+        }
+    };
+    Ok(CudaLinear::FourBit {
+        packed: dev.upload(&w.packed)?,
+        absmax,
+        code: dev.upload(&w.code)?,
+        blocksize: w.blocksize,
+        format: w.format,
+        dtype: w.dtype,
+        n,
+        k,
+    })
+}
+
+/// Write rows of the dequantized weight (bf16) into `out` (nrows, K): row i is weight row
+/// `row_ids[i]` if given, else `row0 + i`. Dense weights are gathered/copied.
+///
+/// SAFETY: `out` must hold nrows * K bf16; `row_ids` (if given) nrows u32 values < N.
+pub unsafe fn dequantize_rows(dev: &Device, w: &CudaLinear, row_ids: Option<u64>, row0: usize, nrows: usize, out: u64) -> Result<()> {
+    let (_, k) = w.dims();
+    let threads = 256;
+    match w {
+        CudaLinear::Dense { w, .. } => match row_ids {
+            Some(ids) => {
+                let g = Grid::new((nrows as u32, 1, 1), threads);
+                dev.launch("elementwise", "embedding_bf16", g, Args::new().ptr(w.ptr()).ptr(ids).ptr(out).i32(k as i32))
+            }
+            None => dev.copy_d2d(out, w.ptr_at(row0 * k), nrows * k * 2),
+        },
+        CudaLinear::Int8 { cb, scb, .. } => {
+            let g = Grid::new((dev.blocks_for(nrows * k, threads), 1, 1), threads);
+            let a = Args::new().ptr(cb.ptr()).ptr(scb.ptr()).i32(k as i32).opt(row_ids).i64(row0 as i64).i64(nrows as i64).ptr(out);
+            dev.launch("int8", "dequant_int8_bf16", g, a)
+        }
+        CudaLinear::FourBit { packed, absmax, code, blocksize, .. } => {
+            let g = Grid::new((dev.blocks_for(nrows * k / 2, threads), 1, 1), threads);
+            let a = absmax.args(Args::new().ptr(packed.ptr()));
+            let a = a.ptr(code.ptr()).i32(*blocksize as i32).i32(k as i32).opt(row_ids).i64(row0 as i64).i64(nrows as i64).ptr(out);
+            dev.launch("quant4", "dequant4_bf16", g, a)
+        }
+    }
+}
+
+/// out (T, N) = x (T, K) @ W^T (+ bias), all bf16 buffers given as pointers.
+///
+/// SAFETY: x holds rows*K, out rows*N, bias (if any) N bf16 values (checked by the backend).
+pub unsafe fn matmul(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Option<u64>, out: u64) -> Result<()> {
+    let (n, k) = w.dims();
+    if rows == 0 || n == 0 {
+        return Ok(());
+    }
+    match w {
+        CudaLinear::Dense { w, .. } => {
+            dev.gemm_xwt_bf16(x, rows, w.ptr(), n, k, out, n, 0.0)?;
+            add_bias(dev, out, rows, n, bias)
+        }
+        CudaLinear::FourBit { packed, absmax, code, blocksize, .. } if rows <= GEMV_MAX_ROWS && k % 32 == 0 && blocksize % 32 == 0 => {
+            let g = Grid::new((n.div_ceil(4) as u32, 1, 1), 128);
+            let a = absmax.args(Args::new().ptr(x).ptr(packed.ptr()));
+            let a = a.ptr(code.ptr()).i32(*blocksize as i32).i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).ptr(out);
+            dev.launch("quant4", "gemv4_bf16", g, a)
+        }
+        CudaLinear::Int8 { cb, scb, threshold: None, .. } if rows <= GEMV_MAX_ROWS && k % 16 == 0 => {
+            let g = Grid::new((n.div_ceil(4) as u32, 1, 1), 128);
+            let a = Args::new().ptr(x).ptr(cb.ptr()).ptr(scb.ptr()).i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).ptr(out);
+            dev.launch("int8", "gemv_int8_bf16", g, a)
+        }
+        CudaLinear::Int8 { cb, scb, threshold: Some(thr), .. } => int8_mixed(dev, x, rows, cb, scb, *thr, n, k, bias, out),
+        _ => dequant_gemm(dev, x, rows, w, bias, out),
+    }
+}
+
+/// Prefill path for quantized weights: dequantize chunks of rows to bf16, cuBLAS each chunk
+/// into its column range of `out`.
+unsafe fn dequant_gemm(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Option<u64>, out: u64) -> Result<()> {
+    let (n, k) = w.dims();
+    let chunk_rows = (DEQUANT_CHUNK_ELEMS / k.max(1)).clamp(1, n);
+    let scratch = dev.alloc_uninit::<bf16>(chunk_rows * k)?;
+    let mut r0 = 0;
+    while r0 < n {
+        let nr = chunk_rows.min(n - r0);
+        dequantize_rows(dev, w, None, r0, nr, scratch.ptr())?;
+        dev.gemm_xwt_bf16(x, rows, scratch.ptr(), nr, k, out + (r0 * 2) as u64, n, 0.0)?;
+        r0 += nr;
+    }
+    add_bias(dev, out, rows, n, bias)
+}
+
+unsafe fn add_bias(dev: &Device, out: u64, rows: usize, n: usize, bias: Option<u64>) -> Result<()> {
+    let Some(b) = bias else { return Ok(()) };
+    let g = Grid::new((dev.blocks_for(rows * n, 256), 1, 1), 256);
+    dev.launch("elementwise", "add_bias_bf16", g, Args::new().ptr(out).ptr(b).i64(rows as i64).i32(n as i32))
+}
+
+/// LLM.int8 with outlier threshold: find outlier columns of x (|x| >= threshold in any row),
+/// quantize the rest of each row to int8, int8 GEMM, and add the outlier columns in bf16.
+#[allow(clippy::too_many_arguments)]
+unsafe fn int8_mixed(
+    dev: &Device,
+    x: u64,
+    rows: usize,
+    cb: &DeviceBuffer<i8>,
+    scb: &DeviceBuffer<f32>,
+    threshold: f32,
+    n: usize,
+    k: usize,
+    bias: Option<u64>,
+    out: u64,
+) -> Result<()> {
+    if k % 4 != 0 {
+        return Err(Error::input(format!("LLM.int8 with a threshold needs K % 4 == 0, got K = {k}")));
+    }
+    let flags = dev.alloc_uninit::<u8>(k)?;
+    let cols = dev.alloc_uninit::<i32>(k)?;
+    let count = dev.alloc_uninit::<i32>(1)?;
+    let xq = dev.alloc_uninit::<i8>(rows * k)?;
+    let sca = dev.alloc_uninit::<f32>(rows)?;
+    let g = Grid::new((dev.blocks_for(k, 256), 1, 1), 256);
+    dev.launch("int8", "int8_outlier_flags", g, Args::new().ptr(x).i32(rows as i32).i32(k as i32).f32(threshold).ptr(flags.ptr()))?;
+    let g = Grid::new((1, 1, 1), 1024);
+    dev.launch("int8", "int8_compact_cols", g, Args::new().ptr(flags.ptr()).i32(k as i32).ptr(cols.ptr()).ptr(count.ptr()))?;
+    let g = Grid::new((rows as u32, 1, 1), 256);
+    let a = Args::new().ptr(x).i32(k as i32).f32(threshold).ptr(flags.ptr()).ptr(xq.ptr()).ptr(sca.ptr());
+    dev.launch("int8", "int8_quant_rows", g, a)?;
+    let (bm, kernel) = if rows <= 16 { (16, "int8_mm_bf16_bm16") } else { (64, "int8_mm_bf16_bm64") };
+    let g = Grid::new((n.div_ceil(64) as u32, rows.div_ceil(bm) as u32, 1), 256);
+    let a = Args::new().ptr(xq.ptr()).ptr(sca.ptr()).ptr(cb.ptr()).ptr(scb.ptr()).ptr(x).ptr(cols.ptr()).ptr(count.ptr());
+    let a = a.i32(rows as i32).i32(n as i32).i32(k as i32).opt(bias).ptr(out);
+    dev.launch("int8", kernel, g, a)
+}
+
+/// Copy a linear back to the host in the core's format (for tests and tools). Dense comes back bf16.
+pub fn to_host(dev: &Device, w: &CudaLinear) -> Result<LinearWeight> {
+    match w {
+        CudaLinear::Dense { w, n, k } => {
+            let v = dev.download(w, 0, w.len())?;
+            let bytes = v.iter().flat_map(|b| b.to_le_bytes()).collect();
+            Ok(LinearWeight::Dense(peregrine_core::HostTensor::new(vec![*n, *k], DType::BF16, bytes)))
+        }
+        CudaLinear::Int8 { cb, scb, threshold, n, k } => Ok(LinearWeight::Int8(Int8Weight {
+            rows: *n,
+            cols: *k,
+            cb: dev.download(cb, 0, cb.len())?,
+            scb: dev.download(scb, 0, scb.len())?,
+            threshold: *threshold,
+        })),
+        CudaLinear::FourBit { packed, absmax, code, blocksize, format, dtype, n, k } => {
+            let absmax = match absmax {
+                DeviceAbsmax::Plain(a) => Absmax::Plain(dev.download(a, 0, a.len())?),
+                DeviceAbsmax::Double { q, code, nested, nested_blocksize, offset } => Absmax::Double {
+                    quantized: dev.download(q, 0, q.len())?,
+                    code: dev.download(code, 0, code.len())?,
+                    nested_absmax: dev.download(nested, 0, nested.len())?,
+                    nested_blocksize: *nested_blocksize,
+                    offset: *offset,
+                },
+            };
+            Ok(LinearWeight::FourBit(FourBitWeight {
+                rows: *n,
+                cols: *k,
+                format: *format,
+                dtype: *dtype,
+                blocksize: *blocksize,
+                packed: dev.download(packed, 0, packed.len())?,
+                absmax,
+                code: dev.download(code, 0, code.len())?,
+            }))
+        }
+    }
+}

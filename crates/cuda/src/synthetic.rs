@@ -1,0 +1,178 @@
+//! Synthetic weights made on the device, so a Falcon-40B or -180B shape can be benchmarked
+//! without a download and without host memory: a counter-based normal generator in a kernel
+//! (value i of a tensor depends only on (seed, i)), rounded to bf16 like a bf16 checkpoint, then
+//! quantized on the device with bitsandbytes semantics (int8 row absmax; NF4/FP4 blockwise
+//! absmax with nearest-code rounding; optional double quantization of the 4-bit scales with the
+//! signed dynamic 8-bit map, blocks of 256, mean offset).
+
+use half::bf16;
+use peregrine_core::{DType, Error, FourBitFormat, QuantKind, Result};
+
+use crate::alloc::DeviceBuffer;
+use crate::device::{Args, Device, Grid};
+use crate::linear::{CudaLinear, DeviceAbsmax};
+
+/// How quantized synthetic weights are stored (defaults: the shared bitsandbytes checkpoints').
+#[derive(Clone, Copy, Debug)]
+pub struct SyntheticOptions {
+    /// 4-bit block size (bitsandbytes default 64).
+    pub blocksize: usize,
+    /// Double-quantize the 4-bit scales (`bnb_4bit_use_double_quant`).
+    pub double_quant: bool,
+    /// LLM.int8 outlier threshold (transformers' default 6.0); None = weight-only.
+    pub int8_threshold: Option<f32>,
+}
+
+impl Default for SyntheticOptions {
+    fn default() -> Self {
+        SyntheticOptions { blocksize: 64, double_quant: true, int8_threshold: Some(6.0) }
+    }
+}
+
+/// bitsandbytes' NF4 code book (`get_4bit_type("nf4")`).
+pub const NF4_CODE: [f32; 16] = [
+    -1.0,
+    -0.696_192_8,
+    -0.525_073_05,
+    -0.394_917_5,
+    -0.284_441_38,
+    -0.184_773_43,
+    -0.091_050_036,
+    0.0,
+    0.079_580_3,
+    0.160_930_2,
+    0.246_112_3,
+    0.337_915_24,
+    0.440_709_83,
+    0.562_617,
+    0.722_956_84,
+    1.0,
+];
+
+/// bitsandbytes' FP4 code book (`get_4bit_type("fp4")`): e2m1 values divided by 12, sign in bit 3.
+pub fn fp4_code() -> [f32; 16] {
+    let raw = [0.0f32, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, -0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0, -3.0];
+    raw.map(|v| v / 12.0)
+}
+
+/// The code book of a 4-bit format.
+pub fn four_bit_code(format: FourBitFormat) -> [f32; 16] {
+    match format {
+        FourBitFormat::Nf4 => NF4_CODE,
+        FourBitFormat::Fp4 => fp4_code(),
+    }
+}
+
+/// bitsandbytes' `create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8)`, in f32,
+/// sorted: the code of the double-quantized 4-bit scales.
+pub fn dynamic_map_signed() -> Vec<f32> {
+    let max_exponent_bits = 7i32;
+    let mut data: Vec<f32> = Vec::with_capacity(256);
+    for i in 0..max_exponent_bits {
+        let items = (1usize << i) + 1;
+        let bounds = linspace_f32(0.1, 1.0, items);
+        let scale = 10f64.powi(-(max_exponent_bits - 1) + i) as f32;
+        for w in bounds.windows(2) {
+            let mean = (w[0] + w[1]) / 2.0;
+            data.push(scale * mean);
+            data.push(-scale * mean);
+        }
+    }
+    data.push(0.0);
+    data.push(1.0);
+    data.sort_by(|a, b| a.total_cmp(b));
+    data
+}
+
+/// torch.linspace in f32 (first half counted from the start, second half from the end).
+fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
+    if steps == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (steps - 1) as f32;
+    let half = steps / 2;
+    (0..steps).map(|i| if i < half { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 }).collect()
+}
+
+/// A bf16 buffer of `len` values normal(mean, std) from stream `seed`.
+pub fn random_bf16(dev: &Device, len: usize, mean: f32, std: f32, seed: u64) -> Result<DeviceBuffer<bf16>> {
+    let out = dev.alloc_uninit::<bf16>(len)?;
+    let g = Grid::new((dev.blocks_for(len, 256), 1, 1), 256);
+    // SAFETY: `out` holds `len` bf16.
+    unsafe { dev.launch("random", "fill_normal_bf16", g, Args::new().ptr(out.ptr()).i64(len as i64).u64(seed).f32(mean).f32(std))? };
+    Ok(out)
+}
+
+/// An (n, k) linear of normal(0, std) weights stored as `kind`.
+pub fn random_linear(dev: &Device, kind: QuantKind, n: usize, k: usize, std: f32, seed: u64, opts: SyntheticOptions) -> Result<CudaLinear> {
+    match kind {
+        QuantKind::F32 | QuantKind::F16 | QuantKind::Bf16 => Ok(CudaLinear::Dense { w: random_bf16(dev, n * k, 0.0, std, seed)?, n, k }),
+        QuantKind::Int8 => random_int8(dev, n, k, std, seed, opts.int8_threshold),
+        QuantKind::Nf4 => random_four_bit(dev, FourBitFormat::Nf4, n, k, std, seed, opts),
+        QuantKind::Fp4 => random_four_bit(dev, FourBitFormat::Fp4, n, k, std, seed, opts),
+    }
+}
+
+fn random_int8(dev: &Device, n: usize, k: usize, std: f32, seed: u64, threshold: Option<f32>) -> Result<CudaLinear> {
+    let cb = dev.alloc_uninit::<i8>(n * k)?;
+    let scb = dev.alloc_uninit::<f32>(n)?;
+    if n > 0 {
+        let g = Grid::new((n as u32, 1, 1), 256);
+        // SAFETY: cb holds n*k, scb n values; one block per row.
+        unsafe { dev.launch("random", "random_int8", g, Args::new().ptr(cb.ptr()).ptr(scb.ptr()).i32(k as i32).u64(seed).f32(std))? };
+    }
+    Ok(CudaLinear::Int8 { cb, scb, threshold, n, k })
+}
+
+fn random_four_bit(dev: &Device, format: FourBitFormat, n: usize, k: usize, std: f32, seed: u64, opts: SyntheticOptions) -> Result<CudaLinear> {
+    let bs = opts.blocksize;
+    if k % 2 != 0 || bs == 0 || bs % 2 != 0 {
+        return Err(Error::input(format!("synthetic {}: K ({k}) and blocksize ({bs}) must be even", format.as_str())));
+    }
+    let total = n * k;
+    let blocks = total.div_ceil(bs);
+    let code = dev.upload(&four_bit_code(format))?;
+    let packed = dev.alloc_uninit::<u8>(total / 2)?;
+    let absmax = dev.alloc_uninit::<f32>(blocks)?;
+    let g = Grid::new((dev.blocks_for(blocks, 128), 1, 1), 128);
+    let a = Args::new().ptr(packed.ptr()).ptr(absmax.ptr()).ptr(code.ptr()).i64(total as i64).i32(bs as i32).u64(seed).f32(std);
+    // SAFETY: packed holds total/2 bytes, absmax `blocks` floats, code 16.
+    unsafe { dev.launch("random", "random_quant4", g, a)? };
+    let absmax = if opts.double_quant && blocks > 0 { double_quantize(dev, absmax, blocks)? } else { DeviceAbsmax::Plain(absmax) };
+    Ok(CudaLinear::FourBit { packed, absmax, code, blocksize: bs, format, dtype: DType::BF16, n, k })
+}
+
+/// Double-quantize f32 scales: subtract their mean, then 8-bit blockwise (256) with the dynamic map.
+fn double_quantize(dev: &Device, absmax: DeviceBuffer<f32>, blocks: usize) -> Result<DeviceAbsmax> {
+    const NESTED: usize = 256;
+    let code = dev.upload(&dynamic_map_signed())?;
+    let sum = dev.alloc_zeros::<f64>(1)?;
+    let q = dev.alloc_uninit::<u8>(blocks)?;
+    let nested = dev.alloc_uninit::<f32>(blocks.div_ceil(NESTED))?;
+    let offset = dev.alloc_uninit::<f32>(1)?;
+    // SAFETY: sizes as allocated above; quantize_blockwise8 runs one 256-thread block per 256 scales.
+    unsafe {
+        let g = Grid::new((dev.blocks_for(blocks, 256), 1, 1), 256);
+        dev.launch("random", "absmax_sum", g, Args::new().ptr(absmax.ptr()).i64(blocks as i64).ptr(sum.ptr()))?;
+        let g = Grid::new((blocks.div_ceil(NESTED) as u32, 1, 1), NESTED as u32);
+        let a = Args::new().ptr(absmax.ptr()).i64(blocks as i64).ptr(sum.ptr()).i64(blocks as i64);
+        dev.launch("random", "quantize_blockwise8", g, a.ptr(code.ptr()).ptr(q.ptr()).ptr(nested.ptr()).ptr(offset.ptr()))?;
+    }
+    let offset = dev.download(&offset, 0, 1)?[0];
+    Ok(DeviceAbsmax::Double { q, code, nested, nested_blocksize: NESTED, offset })
+}
+
+/// The host mirror of the device generator (prelude.cuh `normal_at`), for tests. Equal to the
+/// device's value up to a few f32 ulps (logf/cospif vs Rust's ln/cos).
+pub fn normal_at(seed: u64, idx: u64) -> f32 {
+    fn splitmix64(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    let h = splitmix64(splitmix64(seed) ^ idx);
+    let u1 = ((h >> 40) + 1) as f32 * 5.960_464_5e-8;
+    let u2 = (h & 0xFF_FFFF) as f32 * 5.960_464_5e-8;
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::PI * 2.0 * u2).cos()
+}
