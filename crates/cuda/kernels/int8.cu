@@ -1,25 +1,35 @@
 // int8.cu: LLM.int8 weights as bitsandbytes stores them: cb (N, K) int8 row-major, scb (N,) f32
-// per-row absmax; weight = cb * scb / 127.
+// per-row absmax; weight = (cb * scb) * (1/127) in f32 (bitsandbytes' int8_vectorwise_dequant).
 // Kernels:
-//   dequant_int8_bf16(cb, scb, K, row_ids, row0, nrows, out (nrows, K)): out = bf16(cb * scb / 127),
+//   dequant_int8_bf16(cb, scb, K, row_ids, row0, nrows, out (nrows, K)): out = bf16((cb * scb) / 127),
 //     thread per element, grid-stride (prefill chunks and embeddings).
 //   gemv_int8_bf16(x (T, K), cb, scb, N, K, T, bias, out (T, N)): weight-only, T <= 8. One warp per
 //     n (4 per block); lane l streams 16-byte words l, l+32, .. of row n; f32 accumulate of
 //     x * cb, scaled once by scb/127 at the end (mathematically the dequantized product).
 //   The LLM.int8 mixed-precision decomposition (threshold > 0), as bitsandbytes' MatMul8bitLt:
+//   (x is first rounded to f16 and compared with the f16 threshold, as bitsandbytes casts to f16.)
 //   int8_outlier_flags(x (T, K), T, K, threshold, flags (K)): flags[k] = any_t |x[t,k]| >= threshold.
 //   int8_compact_cols(flags (K), K, cols (K), count (1)): one block; the flagged column indices
 //     in increasing order (deterministic) and their number.
 //   int8_quant_rows(x (T, K), K, threshold, flags, xq (T, K), sca (T)): one block per row;
-//     sca[t] = max |x[t,k]| over |x| < threshold; xq = round(x * (127 / sca)), 0 in flagged columns.
+//     sca[t] = max |x[t,k]| over |x| < threshold; xq = rint(x * __fdividef(127, sca)), 0 in flagged columns.
 //   int8_mm_bf16_bm{16,64}(xq, sca, cb, scb, x, cols, count, T, N, K, bias, out (T, N)):
 //     tiled int8 GEMM with dp4a: block tile BM rows x 64 features, 256 threads (16 x 16), K in
 //     steps of 32 bytes through shared memory (rows padded to 9 words). Epilogue per output:
-//     bf16(fp16(acc * (sca[t] * scb[n]) / 127^2 + bias)) + sum over outlier columns c of
-//     x[t,c] * bf16(cb[n,c] * scb[n] / 127), in f32, one final bf16 rounding (bitsandbytes'
+//     bf16(fp16(acc * sca[t] * scb[n] * 6.200012e-5 + bias)) + sum over outlier columns c of
+//     x[t,c] * bf16(dequant(cb[n,c])), in f32, one final bf16 rounding (bitsandbytes'
 //     int8_mm_dequant writes fp16, then addmm adds the outlier product to the bf16 output).
 // Assumptions: K % 16 == 0 (gemv), K % 4 == 0 (int8 GEMM), T <= 8 (gemv); checked on the host.
 #include "prelude.cuh"
+
+// bitsandbytes' constants: int8_vectorwise_dequant's 1/127 and kdequant_mm_int32_fp16's ~1/127^2.
+#define INV_127 7.874015718698502e-3f
+#define MM_DEQUANT_CONST 6.200012e-5f
+
+/// int8_vectorwise_dequant for one value: (cb * scb) * (1/127), each product rounded.
+__device__ __forceinline__ float dequant_int8(i8 cb, float scb) { return __fmul_rn(__fmul_rn((float)cb, scb), INV_127); }
+/// What `.to(torch.float16)` makes of a value.
+__device__ __forceinline__ float round_f16(float x) { return __half2float(__float2half_rn(x)); }
 
 extern "C" __global__ void dequant_int8_bf16(const i8* __restrict__ cb, const float* __restrict__ scb, int K,
                                              const u32* __restrict__ row_ids, i64 row0, i64 nrows,
@@ -29,7 +39,7 @@ extern "C" __global__ void dequant_int8_bf16(const i8* __restrict__ cb, const fl
         const i64 i = idx / K;
         const int k = (int)(idx % K);
         const i64 r = row_ids ? (i64)row_ids[i] : row0 + i;
-        out[idx] = f2bf(__fdiv_rn(__fmul_rn((float)cb[r * K + k], scb[r]), 127.0f));
+        out[idx] = f2bf(dequant_int8(cb[r * K + k], scb[r]));
     }
 }
 
@@ -74,16 +84,17 @@ extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
     for (int t = 0; t < GEMV_MAX_T; t++) {
         if (t < T) {
             const float v = warp_sum(acc[t]);
-            if (lane == 0) out[(i64)t * N + n] = f2bf(__fdiv_rn(v * s, 127.0f) + bv);
+            if (lane == 0) out[(i64)t * N + n] = f2bf(__fmul_rn(v * s, INV_127) + bv);
         }
     }
 }
 
 extern "C" __global__ void int8_outlier_flags(const bf16* __restrict__ x, int T, int K, float threshold,
                                               u8* __restrict__ flags) {
+    const float thr = round_f16(threshold);
     for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < K; k += gridDim.x * blockDim.x) {
         u8 f = 0;
-        for (int t = 0; t < T; t++) f |= (fabsf(bf2f(x[(i64)t * K + k])) >= threshold) ? 1 : 0;
+        for (int t = 0; t < T; t++) f |= (fabsf(round_f16(bf2f(x[(i64)t * K + k]))) >= thr) ? 1 : 0;
         flags[k] = f;
     }
 }
@@ -118,17 +129,19 @@ extern "C" __global__ void int8_quant_rows(const bf16* __restrict__ x, int K, fl
     __shared__ float scratch[32];
     const bf16* xr = x + (i64)blockIdx.x * K;
     i8* qr = xq + (i64)blockIdx.x * K;
+    const float thr = round_f16(threshold);
     float m = 0.f;
     for (int k = threadIdx.x; k < K; k += blockDim.x) {
-        const float a = fabsf(bf2f(xr[k]));
-        if (threshold <= 0.f || a < threshold) m = fmaxf(m, a);
+        const float a = fabsf(round_f16(bf2f(xr[k])));
+        if (threshold <= 0.f || a < thr) m = fmaxf(m, a);
     }
     const float absmax = block_max(m, scratch);
-    const float s = 127.0f / absmax;
+    const float s = __fdividef(127.0f, absmax);
     for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        const float v = round_f16(bf2f(xr[k]));
         int q = 0;
-        if (!flags[k] && absmax > 0.f) q = __float2int_rn(bf2f(xr[k]) * s);
-        qr[k] = (i8)max(-127, min(127, q));
+        if (!flags[k] && absmax > 0.f) q = __float2int_rn(v * s);
+        qr[k] = (i8)max(-128, min(127, q));
     }
     if (threadIdx.x == 0) sca[blockIdx.x] = absmax;
 }
@@ -188,13 +201,13 @@ __device__ __forceinline__ void int8_mm_body(const i8* __restrict__ xq, const fl
         for (int j = 0; j < 4; j++) {
             const int n = n0 + tx + 16 * j;
             if (n >= N) continue;
-            float v = (float)acc[i][j] * (sca[t] * scb[n]) * 6.200124e-05f;
+            float v = __fmul_rn((float)acc[i][j] * sca[t] * scb[n], MM_DEQUANT_CONST);
             if (bias) v += bf2f(bias[n]);
             v = bf2f(f2bf(__half2float(__float2half_rn(v))));
             float o = 0.f;
             for (int c = 0; c < n_out; c++) {
                 const int k = cols[c];
-                const float w = round_bf16(__fdiv_rn(__fmul_rn((float)cb[(i64)n * K + k], scb[n]), 127.0f));
+                const float w = round_bf16(dequant_int8(cb[(i64)n * K + k], scb[n]));
                 o += bf2f(x[(i64)t * K + k]) * w;
             }
             out[(i64)t * N + n] = f2bf(v + o);

@@ -130,11 +130,15 @@ impl Device {
             return Err(Error::device("cuBLAS (libcublas.so.13) not found: install the CUDA 13 toolkit or `pip install nvidia-cublas`, or set PEREGRINE_CUBLAS_LIB"));
         }
         let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::device(format!("cuBLAS handle: {e:?}")))?;
+        // Compile (or read from the cache) every module in parallel: NVRTC programs are independent.
+        let cubins: Vec<Result<nvrtc::Compiled>> = std::thread::scope(|s| {
+            let jobs: Vec<_> = nvrtc::SOURCES.iter().map(|src| s.spawn(move || nvrtc::compile_cached(src, arch))).collect();
+            jobs.into_iter().map(|j| j.join().unwrap_or_else(|_| Err(Error::device("NVRTC compile thread panicked")))).collect()
+        });
         let mut modules = HashMap::new();
-        for src in nvrtc::SOURCES {
-            let compiled = nvrtc::compile_cached(src, arch)?;
+        for (src, compiled) in nvrtc::SOURCES.iter().zip(cubins) {
             let module = ctx
-                .load_module(Ptx::from_binary(compiled.cubin))
+                .load_module(Ptx::from_binary(compiled?.cubin))
                 .map_err(|e| Error::device(format!("loading kernels/{}.cu for sm_{arch}: {e:?}", src.name)))?;
             modules.insert(src.name, module);
         }
@@ -185,9 +189,15 @@ impl Device {
     /// (each launcher checks the lengths first).
     pub unsafe fn launch(&self, module: &'static str, kernel: &'static str, g: Grid, mut args: Args) -> Result<()> {
         let f = self.function(module, kernel, g.smem)?;
+        self.bind()?;
         let mut params: Vec<*mut c_void> = args.vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
         drv::launch_kernel(f.cu_function(), g.grid, g.block, g.smem, self.stream.cu_stream(), &mut params)
             .map_err(drv_err(&format!("launch of {kernel} (grid {:?}, block {:?})", g.grid, g.block)))
+    }
+
+    /// Make this device's context current on the calling thread (raw driver calls need it).
+    pub fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(drv_err("binding the context to this thread"))
     }
 
     /// Blocks for a grid-stride loop over `n` items: enough to fill the chip, at most one per item.
@@ -220,6 +230,7 @@ impl Device {
     /// A buffer holding `values`.
     pub fn upload<T: DeviceRepr>(&self, values: &[T]) -> Result<DeviceBuffer<T>> {
         let buf = self.alloc_uninit::<T>(values.len())?;
+        self.bind()?;
         if !values.is_empty() {
             // SAFETY: the destination holds at least values.len() elements; pageable source memory
             // is staged before the call returns, so `values` may be dropped afterwards.
@@ -235,6 +246,7 @@ impl Device {
             return Err(Error::device(format!("download of [{offset}, {}) from a buffer of {}", offset + len, buf.len())));
         }
         let mut out = vec![T::default(); len];
+        self.bind()?;
         if len > 0 {
             // SAFETY: the source range was checked above; the destination holds `len` elements.
             unsafe { drv::memcpy_dtoh_async(&mut out, buf.ptr_at(offset), self.stream.cu_stream()) }
@@ -246,6 +258,7 @@ impl Device {
 
     /// Copy `bytes` bytes between device addresses (ranges checked by the caller).
     pub unsafe fn copy_d2d(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        self.bind()?;
         drv::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()).map_err(drv_err("device-to-device copy"))
     }
 
@@ -264,6 +277,7 @@ impl Device {
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn gemm_xwt_bf16(&self, x: u64, rows: usize, w: u64, n: usize, k: usize, out: u64, ldo: usize, beta: f32) -> Result<()> {
         use cublas_sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
+        self.bind()?;
         let alpha = 1.0f32;
         // Column-major view: C (n x rows, ldc = ldo) = W^T... i.e. op(A) = A^T with A = w as (k x n), lda = k;
         // B = x as (k x rows), ldb = k.

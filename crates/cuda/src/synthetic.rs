@@ -29,69 +29,14 @@ impl Default for SyntheticOptions {
     }
 }
 
-/// bitsandbytes' NF4 code book (`get_4bit_type("nf4")`).
-pub const NF4_CODE: [f32; 16] = [
-    -1.0,
-    -0.696_192_8,
-    -0.525_073_05,
-    -0.394_917_5,
-    -0.284_441_38,
-    -0.184_773_43,
-    -0.091_050_036,
-    0.0,
-    0.079_580_3,
-    0.160_930_2,
-    0.246_112_3,
-    0.337_915_24,
-    0.440_709_83,
-    0.562_617,
-    0.722_956_84,
-    1.0,
-];
-
-/// bitsandbytes' FP4 code book (`get_4bit_type("fp4")`): e2m1 values divided by 12, sign in bit 3.
-pub fn fp4_code() -> [f32; 16] {
-    let raw = [0.0f32, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, -0.0, -0.0625, -8.0, -12.0, -4.0, -6.0, -2.0, -3.0];
-    raw.map(|v| v / 12.0)
+/// The code book of a 4-bit format (bitsandbytes' `quant_map`, from peregrine-quant).
+pub fn four_bit_code(format: FourBitFormat) -> Vec<f32> {
+    peregrine_quant::bnb::quant_map(format)
 }
 
-/// The code book of a 4-bit format.
-pub fn four_bit_code(format: FourBitFormat) -> [f32; 16] {
-    match format {
-        FourBitFormat::Nf4 => NF4_CODE,
-        FourBitFormat::Fp4 => fp4_code(),
-    }
-}
-
-/// bitsandbytes' `create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8)`, in f32,
-/// sorted: the code of the double-quantized 4-bit scales.
+/// The signed dynamic 8-bit map of the double-quantized scales (bitsandbytes' `nested_quant_map`).
 pub fn dynamic_map_signed() -> Vec<f32> {
-    let max_exponent_bits = 7i32;
-    let mut data: Vec<f32> = Vec::with_capacity(256);
-    for i in 0..max_exponent_bits {
-        let items = (1usize << i) + 1;
-        let bounds = linspace_f32(0.1, 1.0, items);
-        let scale = 10f64.powi(-(max_exponent_bits - 1) + i) as f32;
-        for w in bounds.windows(2) {
-            let mean = (w[0] + w[1]) / 2.0;
-            data.push(scale * mean);
-            data.push(-scale * mean);
-        }
-    }
-    data.push(0.0);
-    data.push(1.0);
-    data.sort_by(|a, b| a.total_cmp(b));
-    data
-}
-
-/// torch.linspace in f32 (first half counted from the start, second half from the end).
-fn linspace_f32(start: f32, end: f32, steps: usize) -> Vec<f32> {
-    if steps == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (steps - 1) as f32;
-    let half = steps / 2;
-    (0..steps).map(|i| if i < half { start + step * i as f32 } else { end - step * (steps - i - 1) as f32 }).collect()
+    peregrine_quant::bnb::nested_quant_map()
 }
 
 /// A bf16 buffer of `len` values normal(mean, std) from stream `seed`.

@@ -6,26 +6,38 @@ use peregrine_cuda::{libs, nvrtc};
 #[test]
 fn kernels_compile_with_nvrtc() {
     if !libs::nvrtc_present() {
-        println!("SKIPPED: kernels_compile_with_nvrtc: libnvrtc.so.13 not found (run `eval \"$(bash crates/cuda/ci-nvrtc.sh)\"`)");
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED: kernels_compile_with_nvrtc: libnvrtc.so.13 not found (run `eval \"$(bash crates/cuda/ci-nvrtc.sh)\"`)"
+        );
         return;
     }
     let include = libs::find_cuda_include();
     let version = nvrtc::nvrtc_version().expect("nvrtcVersion");
     println!("NVRTC {}.{}, cuda_bf16.h from {:?}", version.0, version.1, include);
-    let mut failures = Vec::new();
-    for arch in [90, 80] {
-        for src in nvrtc::SOURCES {
-            let start = std::time::Instant::now();
-            match nvrtc::compile_uncached(src, arch, include.as_deref()) {
-                Ok(c) => {
-                    println!("  {:<12} sm_{arch}: {:>7} bytes of CUBIN in {:.2?}", src.name, c.cubin.len(), start.elapsed());
-                    if !c.log.trim().is_empty() {
-                        println!("    NVRTC log: {}", c.log.trim());
+    // One thread per (arch, file), as the backend does at start.
+    let jobs: Vec<(u32, &nvrtc::KernelSource)> = [90, 80].into_iter().flat_map(|a| nvrtc::SOURCES.iter().map(move |s| (a, s))).collect();
+    let results: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|&(arch, src)| {
+                let include = include.clone();
+                s.spawn(move || {
+                    let start = std::time::Instant::now();
+                    match nvrtc::compile_uncached(src, arch, include.as_deref()) {
+                        Ok(c) => Ok(format!("  {:<12} sm_{arch}: {:>7} bytes of CUBIN in {:.2?}{}", src.name, c.cubin.len(), start.elapsed(),
+                            if c.log.trim().is_empty() { String::new() } else { format!("\n    NVRTC log: {}", c.log.trim()) })),
+                        Err(e) => Err(e.to_string()),
                     }
-                }
-                Err(e) => failures.push(e.to_string()),
-            }
-        }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("compile thread").unwrap_or_else(|e| format!("ERROR {e}"))).collect()
+    });
+    for r in &results {
+        println!("{r}");
     }
-    assert!(failures.is_empty(), "NVRTC errors:\n{}", failures.join("\n\n"));
+    let failures: Vec<&String> = results.iter().filter(|r| r.starts_with("ERROR")).collect();
+    assert!(failures.is_empty(), "NVRTC errors:\n{}", failures.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n\n"));
 }

@@ -1,0 +1,102 @@
+//! Shared test helpers: the backends (CUDA skipped visibly without a driver, the CPU oracle),
+//! a seeded host RNG, bf16 rounding of inputs, NaN poisoning, and the error report
+//! (max |diff| and ||out - ref|| / ||ref|| per op, asserted against a named tolerance).
+#![allow(dead_code)]
+
+use peregrine_core::{Backend, DType, HostTensor};
+use peregrine_cpu::CpuBackend;
+use peregrine_cuda::{driver_available, CudaBackend};
+
+/// bf16 storage with f32 compute: one or two roundings of 2^-9 relative per op.
+pub const TOL_BF16: f64 = 1e-2;
+/// Ops whose inputs pass through several bf16 stores (attention after rotary, LLM.int8).
+pub const TOL_BF16_CHAIN: f64 = 2e-2;
+
+/// Write a line to the real stderr, past libtest's capture, so it shows in CI logs.
+pub fn visible(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// The CUDA backend, or None after printing a visible SKIPPED line.
+pub fn cuda(test: &str) -> Option<CudaBackend> {
+    if !driver_available() {
+        visible(&format!("SKIPPED: {test}: no CUDA driver"));
+        return None;
+    }
+    Some(CudaBackend::new(0).expect("CUDA driver present but the backend failed to start"))
+}
+
+pub fn cpu() -> CpuBackend {
+    CpuBackend::new()
+}
+
+/// xorshift64*: deterministic host inputs, a fresh stream per seed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+    /// Normal(0, 1) by Box-Muller.
+    pub fn normal(&mut self) -> f32 {
+        let u1 = self.uniform().max(1e-7);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+    }
+    /// `n` values normal(0, std), rounded to bf16 (both backends then see the same inputs).
+    pub fn bf16_vec(&mut self, n: usize, std: f32) -> Vec<f32> {
+        (0..n).map(|_| round_bf16(self.normal() * std)).collect()
+    }
+    pub fn below(&mut self, n: u32) -> u32 {
+        (self.next_u64() % n as u64) as u32
+    }
+}
+
+pub fn round_bf16(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+/// A (rows, cols) bf16 host tensor.
+pub fn bf16_tensor(rows: usize, cols: usize, values: &[f32]) -> HostTensor {
+    HostTensor::from_f32(vec![rows, cols], values).cast(DType::BF16)
+}
+
+/// A 1-D bf16 host tensor.
+pub fn bf16_vector(values: &[f32]) -> HostTensor {
+    HostTensor::from_f32(vec![values.len()], values).cast(DType::BF16)
+}
+
+/// A buffer of `len` NaNs: any element an op forgets to write stays NaN and fails the check.
+pub fn poisoned<B: Backend>(b: &B, len: usize) -> B::Buf {
+    b.upload(&vec![f32::NAN; len]).expect("upload")
+}
+
+/// Max |got - want| and ||got - want|| / ||want||, printed as one table row; panics on NaN
+/// or when the relative error exceeds `tol`.
+pub fn check(op: &str, got: &[f32], want: &[f32], tol: f64) -> (f64, f64) {
+    assert_eq!(got.len(), want.len(), "{op}: lengths differ");
+    let nan = got.iter().filter(|v| !v.is_finite()).count();
+    assert_eq!(nan, 0, "{op}: {nan} outputs are NaN/inf (unwritten or overflowed)");
+    let (mut num, mut den, mut max) = (0f64, 0f64, 0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        let d = (g as f64 - w as f64).abs();
+        num += d * d;
+        den += (w as f64) * (w as f64);
+        max = max.max(d);
+    }
+    let rel = (num / den.max(1e-30)).sqrt();
+    println!("| {op:<44} | max diff {max:>10.3e} | rel err {rel:>10.3e} | tol {tol:.0e} |");
+    assert!(rel <= tol, "{op}: relative error {rel:.3e} > {tol:.0e} (max diff {max:.3e})");
+    (max, rel)
+}

@@ -1,0 +1,199 @@
+//! Every Backend op on the GPU against the CPU oracle (`peregrine_cpu::CpuBackend`), on fresh
+//! random bf16-representable inputs, outputs poisoned with NaN first. Each test prints one
+//! row per op (max diff, relative error, tolerance) and skips visibly without a CUDA driver.
+
+mod common;
+
+use common::*;
+use peregrine_core::{AttentionParams, Backend, LayerKv, LinearWeight, QkvLayout, RotaryParams};
+use peregrine_cuda::CudaBackend;
+
+#[test]
+fn no_gpu_means_a_clear_error_not_a_panic() {
+    if peregrine_cuda::driver_available() {
+        println!("SKIPPED: no_gpu_means_a_clear_error_not_a_panic: a driver is present");
+        return;
+    }
+    let err = CudaBackend::new(0).err().expect("no driver, yet the backend started");
+    let msg = err.to_string();
+    println!("CudaBackend::new(0) without a driver: {msg}");
+    assert!(msg.contains("CUDA") && !msg.contains('\n'), "{msg}");
+}
+
+#[test]
+fn embedding_matches_cpu() {
+    let Some(gpu) = cuda("embedding_matches_cpu") else { return };
+    let cpu = cpu();
+    let mut rng = Rng::new(1);
+    let (v, d) = (500, 192);
+    let table = bf16_tensor(v, d, &rng.bf16_vec(v * d, 1.0));
+    let ids: Vec<u32> = (0..7).map(|_| rng.below(v as u32)).chain([0, v as u32 - 1]).collect();
+    let gt = gpu.load_linear(LinearWeight::Dense(table.clone())).unwrap();
+    let ct = cpu.load_linear(LinearWeight::Dense(table)).unwrap();
+    let mut go = poisoned(&gpu, ids.len() * d);
+    let mut co = cpu.alloc(ids.len() * d).unwrap();
+    gpu.embedding(&gt, &ids, &mut go).unwrap();
+    cpu.embedding(&ct, &ids, &mut co).unwrap();
+    let (max, _) = check("embedding (dense, T=9, D=192)", &gpu.download(&go, 0, ids.len() * d).unwrap(), &co, 0.0);
+    assert_eq!(max, 0.0, "a gather must be exact");
+    assert!(gpu.embedding(&gt, &[v as u32], &mut go).is_err(), "an id beyond the vocabulary must be an error");
+}
+
+#[test]
+fn layer_norm_matches_cpu() {
+    let Some(gpu) = cuda("layer_norm_matches_cpu") else { return };
+    let cpu = cpu();
+    let mut rng = Rng::new(2);
+    for (rows, dim) in [(5, 1000), (3, 8192), (1, 64)] {
+        let x: Vec<f32> = rng.bf16_vec(rows * dim, 2.0).iter().map(|v| round_bf16(v + 0.5)).collect();
+        let w: Vec<f32> = rng.bf16_vec(dim, 0.2).iter().map(|v| round_bf16(v + 1.0)).collect();
+        let b = rng.bf16_vec(dim, 0.1);
+        let (gx, gw, gb) = (gpu.upload(&x).unwrap(), gpu.upload(&w).unwrap(), gpu.upload(&b).unwrap());
+        let mut go = poisoned(&gpu, rows * dim);
+        gpu.layer_norm(&gx, rows, dim, &gw, &gb, 1e-5, &mut go).unwrap();
+        let mut co = cpu.alloc(rows * dim).unwrap();
+        cpu.layer_norm(&x, rows, dim, &w, &b, 1e-5, &mut co).unwrap();
+        check(&format!("layer_norm ({rows} x {dim})"), &gpu.download(&go, 0, rows * dim).unwrap(), &co, TOL_BF16);
+    }
+}
+
+#[test]
+fn dense_linear_matches_cpu() {
+    let Some(gpu) = cuda("dense_linear_matches_cpu") else { return };
+    let cpu = cpu();
+    let mut rng = Rng::new(3);
+    let (n, k) = (320, 256);
+    let w = bf16_tensor(n, k, &rng.bf16_vec(n * k, 0.05));
+    let bias = rng.bf16_vec(n, 0.1);
+    let gw = gpu.load_linear(LinearWeight::Dense(w.clone())).unwrap();
+    let cw = cpu.load_linear(LinearWeight::Dense(w)).unwrap();
+    assert_eq!(gpu.linear_dims(&gw), (n, k));
+    assert_eq!(gpu.linear_bytes(&gw), n * k * 2);
+    for rows in [1, 5, 40] {
+        for with_bias in [false, true] {
+            let x = rng.bf16_vec(rows * k, 1.0);
+            let gx = gpu.upload(&x).unwrap();
+            let gb = gpu.upload(&bias).unwrap();
+            let mut go = poisoned(&gpu, rows * n);
+            gpu.linear(&gx, rows, &gw, with_bias.then_some(&gb), &mut go).unwrap();
+            let mut co = cpu.alloc(rows * n).unwrap();
+            cpu.linear(&x, rows, &cw, with_bias.then_some(&bias), &mut co).unwrap();
+            let name = format!("linear bf16 cuBLAS (T={rows}, {n}x{k}, bias={with_bias})");
+            check(&name, &gpu.download(&go, 0, rows * n).unwrap(), &co, TOL_BF16);
+        }
+    }
+}
+
+#[test]
+fn gelu_add_copy_rows_match_cpu() {
+    let Some(gpu) = cuda("gelu_add_copy_rows_match_cpu") else { return };
+    let cpu = cpu();
+    let mut rng = Rng::new(4);
+    let n = 5000;
+    let x = rng.bf16_vec(n, 2.0);
+    let mut gx = gpu.upload(&x).unwrap();
+    let mut cx = x.clone();
+    gpu.gelu(&mut gx, n).unwrap();
+    cpu.gelu(&mut cx, n).unwrap();
+    check("gelu (erf, 5000)", &gpu.download(&gx, 0, n).unwrap(), &cx, TOL_BF16);
+
+    let y = rng.bf16_vec(n, 1.0);
+    let gy = gpu.upload(&y).unwrap();
+    gpu.add(&mut gx, &gy, n).unwrap();
+    cpu.add(&mut cx, &y, n).unwrap();
+    check("add (5000)", &gpu.download(&gx, 0, n).unwrap(), &cx, TOL_BF16);
+
+    let (dim, src_row, rows) = (100, 7, 13);
+    let mut gd = poisoned(&gpu, rows * dim);
+    let mut cd = cpu.alloc(rows * dim).unwrap();
+    gpu.copy_rows(&gy, src_row, rows, dim, &mut gd).unwrap();
+    cpu.copy_rows(&y, src_row, rows, dim, &mut cd).unwrap();
+    let (max, _) = check("copy_rows (13 rows of 100 from row 7)", &gpu.download(&gd, 0, rows * dim).unwrap(), &cd, 0.0);
+    assert_eq!(max, 0.0);
+}
+
+/// One attention scenario: several forward steps over one cache (prefill, decode rows,
+/// continued prefill), each with fresh qkv; rotary (if any) and append_kv on both backends.
+fn attention_case(gpu: &CudaBackend, name: &str, layout: QkvLayout, alibi: bool, rope: Option<RotaryParams>, steps: &[Vec<u32>], seed: u64) {
+    let cpu = cpu();
+    let mut rng = Rng::new(seed);
+    let capacity = 160;
+    let per = capacity * layout.n_kv * layout.head_dim;
+    let mut gcache = LayerKv::<CudaBackend> { k: gpu.alloc(per).unwrap(), v: gpu.alloc(per).unwrap() };
+    let mut ccache = LayerKv::<peregrine_cpu::CpuBackend> { k: cpu.alloc(per).unwrap(), v: cpu.alloc(per).unwrap() };
+    let slopes: Vec<f32> = (0..layout.n_head).map(|h| round_bf16(2f32.powf(-8.0 * (h + 1) as f32 / layout.n_head as f32))).collect();
+    for positions in steps {
+        let t = positions.len();
+        let width = layout.row_width();
+        let qkv = rng.bf16_vec(t * width, 0.7);
+        let mut gq = gpu.upload(&qkv).unwrap();
+        let mut cq = qkv.clone();
+        let tag = format!("{name} T={t} from pos {}", positions[0]);
+        if let Some(r) = rope {
+            gpu.rotary(&mut gq, layout, positions, r).unwrap();
+            cpu.rotary(&mut cq, layout, positions, r).unwrap();
+            check(&format!("rotary ({tag})"), &gpu.download(&gq, 0, t * width).unwrap(), &cq, TOL_BF16);
+        }
+        gpu.append_kv(&gq, layout, positions, &mut gcache).unwrap();
+        cpu.append_kv(&cq, layout, positions, &mut ccache).unwrap();
+        let params = AttentionParams {
+            layout,
+            positions,
+            scale: 1.0 / (layout.head_dim as f32).sqrt(),
+            alibi_slopes: alibi.then_some(slopes.as_slice()),
+        };
+        let out_len = t * layout.n_head * layout.head_dim;
+        let mut go = poisoned(gpu, out_len);
+        let mut co = cpu.alloc(out_len).unwrap();
+        gpu.attention(&gq, &gcache, &params, &mut go).unwrap();
+        cpu.attention(&cq, &ccache, &params, &mut co).unwrap();
+        let kind = if t <= peregrine_cuda::backend::DECODE_MAX_ROWS { "decode" } else { "prefill" };
+        check(&format!("attention {kind} ({tag})"), &gpu.download(&go, 0, out_len).unwrap(), &co, TOL_BF16_CHAIN);
+    }
+}
+
+fn steps() -> Vec<Vec<u32>> {
+    vec![(0..40).collect(), vec![40], (41..44).collect(), (44..81).collect(), vec![81]]
+}
+
+#[test]
+fn rotary_append_attention_match_cpu() {
+    let Some(gpu) = cuda("rotary_append_attention_match_cpu") else { return };
+    let rope = RotaryParams { theta: 10000.0, position_scale: 1.0 };
+    let gqa = QkvLayout { n_head: 8, n_kv: 2, head_dim: 64 };
+    attention_case(&gpu, "GQA 8q/2kv hd64 rope", gqa, false, Some(rope), &steps(), 10);
+    let mqa = QkvLayout { n_head: 8, n_kv: 1, head_dim: 128 };
+    attention_case(&gpu, "MQA 8q/1kv hd128 rope/2", mqa, false, Some(RotaryParams { theta: 500000.0, position_scale: 2.0 }), &steps(), 11);
+    let mha = QkvLayout { n_head: 4, n_kv: 4, head_dim: 64 };
+    attention_case(&gpu, "MHA 4 heads hd64 alibi", mha, true, None, &steps(), 12);
+}
+
+#[test]
+fn position_beyond_cache_is_an_error() {
+    let Some(gpu) = cuda("position_beyond_cache_is_an_error") else { return };
+    let layout = QkvLayout { n_head: 2, n_kv: 1, head_dim: 64 };
+    let mut cache = LayerKv::<CudaBackend> { k: gpu.alloc(4 * 64).unwrap(), v: gpu.alloc(4 * 64).unwrap() };
+    let qkv = gpu.alloc(layout.row_width()).unwrap();
+    assert!(gpu.append_kv(&qkv, layout, &[4], &mut cache).is_err());
+    assert!(gpu.append_kv(&qkv, layout, &[3], &mut cache).is_ok());
+}
+
+#[test]
+fn memory_is_accounted() {
+    let Some(gpu) = cuda("memory_is_accounted") else { return };
+    gpu.synchronize().unwrap();
+    let before = gpu.memory().current_bytes;
+    gpu.reset_peak_memory();
+    let a = gpu.alloc(1 << 20).unwrap();
+    let b = gpu.alloc(1 << 19).unwrap();
+    let mid = gpu.memory();
+    assert_eq!(mid.current_bytes - before, 3 << 20, "bf16 buffers: 2 bytes per element");
+    drop(b);
+    drop(a);
+    let after = gpu.memory();
+    assert_eq!(after.current_bytes, before);
+    assert_eq!(after.peak_bytes, before + (3 << 20));
+    let (free, total) = gpu.free_device_memory();
+    println!("memory: peak {} bytes over the test; device {free} free of {total}", after.peak_bytes - before);
+    assert!(free > 0 && total >= free);
+}

@@ -1,0 +1,93 @@
+//! Timings of the main kernels at Falcon-40B shapes (hidden 8192, 128 query heads, 8 KV
+//! groups, head dim 64), printed as a table, never asserted: they are measurements for the
+//! notes, not pass/fail. Each figure is the median of 20 runs after 3 warm-ups, timed with a
+//! host clock around a stream synchronize (so one launch's overhead is included). Inputs are
+//! random (never zeros). Skips visibly without a CUDA driver.
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+use peregrine_core::{AttentionParams, Backend, LayerKv, QkvLayout, QuantKind};
+use peregrine_cuda::CudaBackend;
+
+/// Median seconds of `f` over 20 runs after 3 warm-ups.
+fn time(gpu: &CudaBackend, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    gpu.synchronize().unwrap();
+    let mut v: Vec<f64> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            gpu.synchronize().unwrap();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[10]
+}
+
+fn row(what: &str, secs: f64, extra: String) {
+    println!("| {what:<52} | {:>9.1} us | {extra} |", secs * 1e6);
+}
+
+#[test]
+fn kernel_timings_at_falcon_40b_shapes() {
+    let Some(gpu) = cuda("kernel_timings_at_falcon_40b_shapes") else { return };
+    println!("device: {}", gpu.name());
+    let d = 8192;
+    let mut rng = Rng::new(30);
+    // Linears: decode (T=1) and prefill (T=512) for every storage kind, qkv-sized (9216 x 8192)
+    // and the MLP's down projection (8192 x 32768).
+    for (n, k, what) in [(9216usize, 8192usize, "qkv 9216x8192"), (8192, 32768, "4h->h 8192x32768")] {
+        for kind in [QuantKind::Bf16, QuantKind::Nf4, QuantKind::Fp4, QuantKind::Int8] {
+            let t0 = Instant::now();
+            let w = gpu.random_linear(kind, n, k, 0.02, 1).unwrap();
+            gpu.synchronize().unwrap();
+            let make = t0.elapsed().as_secs_f64();
+            let bytes = gpu.linear_bytes(&w) as f64;
+            for rows in [1usize, 512] {
+                let x = gpu.upload(&rng.bf16_vec(rows * k, 1.0)).unwrap();
+                let mut out = gpu.alloc(rows * n).unwrap();
+                let s = time(&gpu, || gpu.linear(&x, rows, &w, None, &mut out).unwrap());
+                let flops = 2.0 * (rows * n * k) as f64;
+                row(
+                    &format!("linear {kind} {what} T={rows}"),
+                    s,
+                    format!("{:>7.0} GB/s weights, {:>6.1} TFLOP/s", bytes / s / 1e9, flops / s / 1e12),
+                );
+            }
+            row(&format!("  synthetic {kind} {what} made on device"), make, format!("{:.2} G weights/s", (n * k) as f64 / make / 1e9));
+        }
+    }
+    // Attention over a 2048-position cache: decode (T=1) and a 2048-token prefill.
+    let layout = QkvLayout { n_head: 128, n_kv: 8, head_dim: 64 };
+    let p = 2048;
+    let per = p * layout.n_kv * layout.head_dim;
+    let cache = LayerKv::<CudaBackend> { k: gpu.upload(&rng.bf16_vec(per, 1.0)).unwrap(), v: gpu.upload(&rng.bf16_vec(per, 1.0)).unwrap() };
+    for (t, start) in [(1usize, p - 1), (2048, 0)] {
+        let positions: Vec<u32> = (start..start + t).map(|v| v as u32).collect();
+        let qkv = gpu.upload(&rng.bf16_vec(t * layout.row_width(), 1.0)).unwrap();
+        let mut out = gpu.alloc(t * d * 2).unwrap();
+        let params = AttentionParams { layout, positions: &positions, scale: 0.125, alibi_slopes: None };
+        let s = time(&gpu, || gpu.attention(&qkv, &cache, &params, &mut out).unwrap());
+        let kv_bytes = (2 * per * 2) as f64;
+        let flops = 4.0 * (t as f64) * (start as f64 + t as f64 / 2.0) * (layout.n_head * layout.head_dim) as f64;
+        row(&format!("attention 128q/8kv hd64 T={t} over {} positions", start + t), s, format!("{:>7.0} GB/s KV, {:>6.2} TFLOP/s", kv_bytes / s / 1e9, flops / s / 1e12));
+    }
+    // Small ops at T=512.
+    let rows = 512;
+    let x = gpu.upload(&rng.bf16_vec(rows * d, 1.0)).unwrap();
+    let w = gpu.upload(&rng.bf16_vec(d, 1.0)).unwrap();
+    let b = gpu.upload(&rng.bf16_vec(d, 1.0)).unwrap();
+    let mut out = gpu.alloc(rows * d).unwrap();
+    let s = time(&gpu, || gpu.layer_norm(&x, rows, d, &w, &b, 1e-5, &mut out).unwrap());
+    row("layer_norm 512 x 8192", s, format!("{:>7.0} GB/s", (4 * rows * d) as f64 / s / 1e9));
+    let mut h = gpu.upload(&rng.bf16_vec(rows * 4 * d, 1.0)).unwrap();
+    let s = time(&gpu, || gpu.gelu(&mut h, rows * 4 * d).unwrap());
+    row("gelu 512 x 32768", s, format!("{:>7.0} GB/s", (4 * rows * 4 * d) as f64 / s / 1e9));
+    println!("memory: {:?}", gpu.memory());
+}
