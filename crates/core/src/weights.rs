@@ -135,6 +135,9 @@ pub struct FourBitWeight {
     pub rows: usize,
     pub cols: usize,
     pub format: FourBitFormat,
+    /// The dtype of the weight that was quantized (bitsandbytes' `quant_state.dtype`:
+    /// "bfloat16" for a bf16 model); bitsandbytes dequantizes back to it.
+    pub dtype: crate::DType,
     pub blocksize: usize,
     /// (N*K/2,) packed codes.
     pub packed: Vec<u8>,
