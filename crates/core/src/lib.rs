@@ -17,4 +17,5 @@ pub use backend::{AttentionParams, Backend, KvCache, LayerKv, MemoryStats, QkvLa
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use tensor::HostTensor;
+pub use sampling::SamplingParams;
 pub use weights::{Absmax, FourBitFormat, FourBitWeight, Int8Weight, LinearWeight, QuantKind};
