@@ -33,6 +33,9 @@ const BASE: RGBColor = RGBColor(255, 127, 14);
 const TIME: RGBColor = RGBColor(214, 39, 40);
 const WEIGHTS: RGBColor = RGBColor(90, 90, 90);
 
+/// How far above the tallest bar a bandwidth ceiling may be and still set the y scale.
+const CEILING_SPAN: f64 = 3.0;
+
 /// Fraction of the tallest value added above it, so legends and value labels fit.
 const HEADROOM: f64 = 1.45;
 
@@ -47,6 +50,16 @@ fn ensure_font() -> Result<()> {
 
 fn plot_error(path: &Path, e: Box<dyn std::error::Error>) -> Error {
     Error::file(path, format!("drawing the plot failed: {e}"))
+}
+
+/// "peak GPU memory", or "peak memory" when the benchmark ran on the CPU.
+fn memory_name(report: &BenchReport) -> &'static str {
+    if report.device.name.to_ascii_lowercase().starts_with("cpu") { "peak memory" } else { "peak GPU memory" }
+}
+
+/// "1 run", "2 runs".
+fn plural(n: usize, word: &str) -> String {
+    if n == 1 { format!("{n} {word}") } else { format!("{n} {word}s") }
 }
 
 /// The last component of a model path or hub id, for titles.
@@ -72,7 +85,8 @@ fn draw_seed_chart(report: &BenchReport, config: &ConfigResult, path: &Path) -> 
     let root = BitMapBackend::new(path, SEED_SIZE).into_drawing_area();
     root.fill(&WHITE)?;
     let synthetic = if report.synthetic_weights { " (synthetic weights)" } else { "" };
-    let title = format!("{} {}{synthetic}: peak GPU memory and execution time per run", short_model(&report.model), config.label);
+    let mem_name = memory_name(report);
+    let title = format!("{} {}{synthetic}: {mem_name} and execution time per run", short_model(&report.model), config.label);
     let mut chart = ChartBuilder::on(&root)
         .caption(title, (FONT, 26))
         .margin(20)
@@ -87,15 +101,15 @@ fn draw_seed_chart(report: &BenchReport, config: &ConfigResult, path: &Path) -> 
         .disable_x_mesh()
         .x_labels((n as usize).min(25) + 2)
         .x_label_formatter(&int_label)
-        .y_label_formatter(&|y| num(*y))
-        .x_desc(format!("run ({} prompts in turn, {}; warm-up excluded)", report.prompts.len(), report.limit))
-        .y_desc("peak GPU memory (GB)")
+        .y_label_formatter(&|y| tick(*y))
+        .x_desc(format!("run ({} in turn, {}; warm-up excluded)", plural(report.prompts.len(), "prompt"), report.limit))
+        .y_desc(format!("{mem_name} (GB)"))
         .label_style((FONT, 18))
         .axis_desc_style((FONT, 20))
         .draw()?;
     chart
         .configure_secondary_axes()
-        .y_label_formatter(&|y| num(*y))
+        .y_label_formatter(&|y| tick(*y))
         .y_desc("execution time (s)")
         .label_style((FONT, 18))
         .axis_desc_style((FONT, 20))
@@ -106,7 +120,7 @@ fn draw_seed_chart(report: &BenchReport, config: &ConfigResult, path: &Path) -> 
             let x = i as f64 + 1.0;
             Rectangle::new([(x - 0.3, 0.0), (x + 0.3, gb)], OURS.mix(0.85).filled())
         }))?
-        .label("peak GPU memory (GB, left axis)")
+        .label(format!("{mem_name} (GB, left axis)"))
         .legend(|(x, y)| Rectangle::new([(x, y - 7), (x + 18, y + 7)], OURS.filled()));
     chart
         .draw_series(DashedLineSeries::new([(0.5, weights_gb), (n + 0.5, weights_gb)], 12, 8, WEIGHTS.stroke_width(2)))?
@@ -127,6 +141,13 @@ fn draw_seed_chart(report: &BenchReport, config: &ConfigResult, path: &Path) -> 
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// An axis tick: at most three decimals, trailing zeros dropped ("30", "2.5", "0.125").
+fn tick(y: f64) -> String {
+    let s = format!("{y:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".to_string() } else { s.to_string() }
 }
 
 /// A y-axis top leaving room above the tallest value (1 when there is none).
@@ -194,22 +215,27 @@ fn comparison_panels(report: &BenchReport) -> Vec<Panel> {
         ceiling: bw.filter(|_| c.weight_bytes > 0).map(|g| g * BYTES_PER_GB / c.weight_bytes as f64),
     });
     vec![
-        Panel { title: "Peak GPU memory".into(), y_desc: "peak memory (GB)", groups: memory.collect() },
+        Panel { title: capitalize(memory_name(report)), y_desc: "peak memory (GB)", groups: memory.collect() },
         Panel { title: "Execution time per prompt".into(), y_desc: "time per prompt (s)", groups: time.collect() },
         Panel { title: "Decode throughput".into(), y_desc: "decode throughput (tok/s)", groups: tok.collect() },
     ]
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
 }
 
 /// Title line and a legend row across the top of the comparison chart.
 fn draw_header(area: &DrawingArea<BitMapBackend<'_>, Shift>, report: &BenchReport) -> DrawResult {
     let synthetic = if report.synthetic_weights { ", synthetic weights" } else { "" };
     let title = format!(
-        "{} on {}: {}, {} prompts x {} runs{synthetic}",
+        "{} on {}: {}, {} x {}{synthetic}",
         short_model(&report.model),
         report.device.name,
         report.limit,
-        report.prompts.len(),
-        report.runs_per_prompt
+        plural(report.prompts.len(), "prompt"),
+        plural(report.runs_per_prompt, "run")
     );
     let title_style = TextStyle::from((FONT, 26).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
     area.draw(&Text::new(title, (COMPARISON_SIZE.0 as i32 / 2, 12), title_style))?;
@@ -254,8 +280,8 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, panel: &Panel, label
     let bar_top = |s: &Option<Stat>| s.map(|s| s.mean + s.stddev);
     let tallest = panel.groups.iter().flat_map(|g| [bar_top(&g.ours), bar_top(&g.base)]).flatten().fold(0.0, f64::max);
     // A ceiling far above the bars (a tiny model is launch-bound) would flatten them: it is
-    // drawn only when within 2x of the tallest bar, and written as text otherwise.
-    let ceiling_on_scale = |c: f64| tallest == 0.0 || c <= 2.0 * tallest;
+    // drawn only when within CEILING_SPAN x the tallest bar, and written as text otherwise.
+    let ceiling_on_scale = |c: f64| tallest == 0.0 || c <= CEILING_SPAN * tallest;
     let shown_ceiling = panel.groups.iter().filter_map(|g| g.ceiling).filter(|&c| ceiling_on_scale(c)).fold(0.0, f64::max);
     let y_top = top_of([tallest, shown_ceiling / HEADROOM * 1.15].into_iter());
 
@@ -274,7 +300,7 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, panel: &Panel, label
         .disable_x_mesh()
         .x_labels(labels.len() * 2 + 1)
         .x_label_formatter(&category)
-        .y_label_formatter(&|y| num(*y))
+        .y_label_formatter(&|y| tick(*y))
         .y_desc(panel.y_desc)
         .label_style((FONT, 18))
         .axis_desc_style((FONT, 19))

@@ -168,12 +168,13 @@ pub(crate) mod tests {
         b
     }
 
-    /// Copy the written files to $PEREGRINE_BENCH_KEEP when set, to look at the plots.
-    fn keep(files: &[PathBuf]) {
+    /// Copy the written files to $PEREGRINE_BENCH_KEEP/<name> when set, to look at the plots.
+    fn keep(name: &str, files: &[PathBuf]) {
         if let Ok(dir) = std::env::var("PEREGRINE_BENCH_KEEP") {
+            let dir = Path::new(&dir).join(name);
             std::fs::create_dir_all(&dir).unwrap();
             for f in files {
-                std::fs::copy(f, Path::new(&dir).join(f.file_name().unwrap())).unwrap();
+                std::fs::copy(f, dir.join(f.file_name().unwrap())).unwrap();
             }
         }
     }
@@ -185,7 +186,7 @@ pub(crate) mod tests {
         let report = sample_report();
         prepare_out_dir(&dir, false).unwrap();
         let files = write_report(&dir, &report).unwrap();
-        keep(&files);
+        keep("full", &files);
         let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
         let expected = ["results.json", "results.csv", "outputs.md", "seed-bf16.png", "seed-int8.png", "seed-nf4.png", "comparison.png"];
         assert_eq!(names, expected);
@@ -234,11 +235,47 @@ pub(crate) mod tests {
     fn table_shows_every_config_and_the_baseline() {
         let t = crate::table::render_table(&sample_report());
         println!("{t}");
-        for needle in ["| bf16 ", "| nf4 ", "nf4 (transformers 5.17 + bitsandbytes 0.50.2)", "% of BW", "PPL", "±", "synthetic weights"] {
+        for needle in ["| bf16 ", "| nf4 ", "nf4 (baseline)", "baseline: transformers 5.17 + bitsandbytes 0.50.2 on NVIDIA H200", "% of BW", "PPL", "±", "synthetic weights"] {
             assert!(t.contains(needle), "missing `{needle}` in\n{t}");
         }
         let table_lines: Vec<&str> = t.lines().filter(|l| l.starts_with('|')).collect();
         assert_eq!(table_lines.len(), 2 + 3 + 3);
         assert!(table_lines.iter().all(|l| l.chars().count() == table_lines[0].chars().count()));
+    }
+
+    /// A tiny CPU model: one run per prompt, no bandwidth, no baseline, one config failed.
+    fn partial_report() -> BenchReport {
+        let plan = BenchPlan::new(vec!["Hello".into(), "Two words".into()], 1, 0, GenerationLimit::MaxNewTokens(16)).unwrap();
+        let device = DeviceInfo { name: "cpu (2 threads)".into(), memory_bandwidth_gbps: None, total_memory_bytes: None };
+        let mut report = BenchReport::new("/work/shared/assets/models/peregrine-tiny-falcon/", device, &plan);
+        let mut ok = sample_config(&plan, QuantKind::F32, 0.012, 350.0, 0);
+        ok.ppl = None;
+        let failed = ConfigResult {
+            label: "nf4".into(),
+            quant: QuantKind::Nf4,
+            weight_bytes: 0,
+            load_s: None,
+            runs: Vec::new(),
+            summary: Summary::default(),
+            ppl: None,
+            error: Some("load failed: nf4 needs a CUDA device".into()),
+        };
+        report.configs = vec![ok, failed];
+        report
+    }
+
+    #[test]
+    fn a_partial_report_still_writes_and_says_what_failed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let report = partial_report();
+        let files = write_report(tmp.path(), &report).unwrap();
+        keep("partial", &files);
+        assert!(!tmp.path().join("seed-nf4.png").exists());
+        assert!(tmp.path().join("seed-f32.png").exists());
+        let t = crate::table::render_table(&report);
+        assert!(t.contains("nf4 (failed)") && t.contains("nf4 failed: load failed: nf4 needs a CUDA device"), "{t}");
+        assert!(!t.contains("% of BW") && !t.contains("PPL"), "{t}");
+        let md = std::fs::read_to_string(tmp.path().join(OUTPUTS_MD)).unwrap();
+        assert!(md.contains("_No answer: load failed: nf4 needs a CUDA device._") && !md.contains("Synthetic"), "{md}");
     }
 }

@@ -22,13 +22,22 @@ pub fn num(x: f64) -> String {
     }
 }
 
-/// "mean ± stddev" of `stat` times `scale`, or "-" when absent.
+/// "mean ± stddev" of `stat` times `scale` (the stddev with the mean's decimals), or "-".
 pub fn stat_cell(stat: Option<Stat>, scale: f64) -> String {
     match stat {
-        Some(s) if s.n > 1 => format!("{} ± {}", num(s.mean * scale), num(s.stddev * scale)),
+        Some(s) if s.n > 1 => {
+            let mean = num(s.mean * scale);
+            let decimals = mean.split('.').nth(1).map_or(0, str::len);
+            format!("{mean} ± {:.decimals$}", s.stddev * scale)
+        }
         Some(s) => num(s.mean * scale),
         None => "-".to_string(),
     }
+}
+
+/// A small divergence keeps five decimals (KL of a good 4-bit model is ~0.01 nats or less).
+fn kl(x: f64) -> String {
+    if x.abs() < 0.1 { format!("{x:.5}") } else { num(x) }
 }
 
 /// Render `rows` under `header` as a markdown table; `right[i]` right-aligns column i.
@@ -67,8 +76,7 @@ pub fn render_table(report: &BenchReport) -> String {
     };
     let mut rows: Vec<Vec<String>> = report.configs.iter().map(|c| config_row(c, &cols)).collect();
     if let Some(b) = &report.baseline {
-        let source = short_source(&b.source);
-        rows.extend(b.configs.iter().map(|c| baseline_row(&format!("{} ({source})", c.label), &c.summary, &cols)));
+        rows.extend(b.configs.iter().map(|c| baseline_row(&format!("{} (baseline)", c.label), &c.summary, &cols)));
     }
     let (header, right) = header(&cols);
     let mut out = header_lines(report);
@@ -96,8 +104,8 @@ fn config_row(c: &ConfigResult, cols: &Columns) -> Vec<String> {
         let q = c.ppl.as_ref();
         let opt = |x: Option<f64>, scale: f64| x.map(|v| num(v * scale)).unwrap_or_else(|| "-".into());
         row.push(opt(q.map(|q| q.perplexity), 1.0));
-        row.push(opt(q.and_then(|q| q.kl_mean), 1.0));
-        row.push(opt(q.and_then(|q| q.kl_p99), 1.0));
+        row.push(q.and_then(|q| q.kl_mean).map(kl).unwrap_or_else(|| "-".into()));
+        row.push(q.and_then(|q| q.kl_p99).map(kl).unwrap_or_else(|| "-".into()));
         row.push(opt(q.and_then(|q| q.top1_agree), 100.0));
     }
     row
@@ -131,11 +139,6 @@ fn baseline_row(label: &str, s: &Summary, cols: &Columns) -> Vec<String> {
     row
 }
 
-/// "transformers + bitsandbytes" from a longer source string, for a table cell.
-fn short_source(source: &str) -> String {
-    source.split('(').next().unwrap_or(source).trim().to_string()
-}
-
 fn header_lines(r: &BenchReport) -> String {
     let bw = r.device.memory_bandwidth_gbps.map(|b| format!(", {} GB/s", num(b))).unwrap_or_default();
     let commit = r.commit.as_deref().map(|c| format!(", commit {c}")).unwrap_or_default();
@@ -160,6 +163,10 @@ fn header_lines(r: &BenchReport) -> String {
 fn footnotes(r: &BenchReport) -> String {
     let mut out = String::from("\nmean ± sample stddev over measured runs; GB = 1e9 bytes; TTFT = prefill + first token;\n");
     out.push_str("weights GB/s = resident weight bytes x decode tok/s\n");
+    if let Some(b) = &r.baseline {
+        let device = b.device.as_deref().map(|d| format!(" on {d}")).unwrap_or_default();
+        out.push_str(&format!("baseline: {}{device}; its tok/s is end to end when it did not time the first token\n", b.source));
+    }
     if let Some(f) = &r.ppl_file {
         out.push_str(&format!("PPL and KL (nats, vs the reference configuration) over {f}\n"));
     }
@@ -180,7 +187,8 @@ mod tests {
         assert_eq!(num(12.3456), "12.35");
         assert_eq!(num(1.23456), "1.235");
         let s = Stat::of(&[10.0, 12.0]).unwrap();
-        assert_eq!(stat_cell(Some(s), 1.0), "11.00 ± 1.414");
+        assert_eq!(stat_cell(Some(s), 1.0), "11.00 ± 1.41");
+        assert_eq!(kl(0.0019687), "0.00197");
         assert_eq!(stat_cell(Stat::of(&[0.05]), 1000.0), "50.00");
         assert_eq!(stat_cell(None, 1.0), "-");
     }
