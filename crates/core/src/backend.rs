@@ -195,6 +195,32 @@ pub trait Backend {
     fn memory(&self) -> MemoryStats;
     /// Start a new high-water mark at the current use.
     fn reset_peak_memory(&self);
+    /// (free, total) bytes of device memory, when the backend knows them.
+    fn device_memory(&self) -> Option<(u64, u64)> {
+        None
+    }
+
+    /// A synthetic (N, K) linear filled with N(0, std) values and quantized to `kind`
+    /// (4-bit: `blocksize`, `double_quant`) directly on the device, with no host copy.
+    /// `Ok(None)` means this backend makes synthetic weights on the host instead.
+    #[allow(clippy::too_many_arguments)]
+    fn synthetic_linear(
+        &self,
+        _kind: crate::QuantKind,
+        _n: usize,
+        _k: usize,
+        _std: f32,
+        _seed: u64,
+        _blocksize: usize,
+        _double_quant: bool,
+    ) -> Result<Option<Self::Linear>> {
+        Ok(None)
+    }
+
+    /// A synthetic vector of N(mean, std) values made on the device; `Ok(None)` = on the host.
+    fn synthetic_vector(&self, _len: usize, _mean: f32, _std: f32, _seed: u64) -> Result<Option<Self::Buf>> {
+        Ok(None)
+    }
 
     /// Choose the next token from row `row` of `logits` (rows of `vocab`). The default
     /// downloads the row and samples on the host; a GPU backend may sample on the device

@@ -162,6 +162,18 @@ impl<'m, B: Backend> Session<'m, B> {
         tokenizer: Option<&Tokenizer>,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<GenerateOutput> {
+        self.generate_with(req, tokenizer, &mut |_, text| on_text(text))
+    }
+
+    /// Generate for `req`, calling `on_token(id, released_text)` as soon as each new token is
+    /// known (the released text may be empty while a character or a possible stop string is
+    /// incomplete; the rest comes with a final call whose id is `u32::MAX`).
+    pub fn generate_with(
+        &mut self,
+        req: &GenerateRequest,
+        tokenizer: Option<&Tokenizer>,
+        on_token: &mut dyn FnMut(u32, &str),
+    ) -> Result<GenerateOutput> {
         let p = req.prompt_ids.len();
         self.check_fits(p, req.max_new_tokens)?;
         req.sampling.validate()?;
@@ -184,13 +196,14 @@ impl<'m, B: Backend> Session<'m, B> {
             }
             ids.push(next);
             history.push(next);
-            if let Some(tok) = tokenizer {
-                let (shown, stopped) = stops.push(&stream.push(tok, next)?);
-                on_text(&shown);
-                if stopped {
-                    finish = FinishReason::StopString;
-                    break;
-                }
+            let (shown, stopped) = match tokenizer {
+                Some(tok) => stops.push(&stream.push(tok, next)?),
+                None => (String::new(), false),
+            };
+            on_token(next, &shown);
+            if stopped {
+                finish = FinishReason::StopString;
+                break;
             }
             if ids.len() == req.max_new_tokens {
                 break;
@@ -200,7 +213,7 @@ impl<'m, B: Backend> Session<'m, B> {
         }
         if let (Some(tok), false) = (tokenizer, finish == FinishReason::StopString) {
             let (shown, _) = stops.push(&stream.finish(tok)?);
-            on_text(&(shown + &stops.flush()));
+            on_token(u32::MAX, &(shown + &stops.flush()));
         }
         Ok(GenerateOutput {
             text: stops.text.clone(),

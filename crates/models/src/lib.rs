@@ -13,7 +13,7 @@ pub mod presets;
 pub use checkpoint::Checkpoint;
 pub use config::{BlockKind, FalconConfig, PositionKind};
 pub use falcon::{Falcon, LogitRows, Workspace};
-pub use params::{CheckpointSource, HostRandomSource, ParamSource, Role, VectorKind};
+pub use params::{CheckpointSource, RandomSource, ParamSource, Role, VectorKind};
 
 use std::path::Path;
 

@@ -181,19 +181,28 @@ fn check_quant_dims(ckpt: &Checkpoint, name: &str, w: &LinearWeight, dims: (usiz
     Ok(w.clone())
 }
 
-/// Synthetic parameters made on the host (the CPU path of `--dummy-weights`):
-/// N(0, std) linears quantized as requested, norm weights near 1, small biases.
-pub struct HostRandomSource {
+/// Synthetic parameters for `--dummy-weights`: N(0, std) linears quantized as requested,
+/// norm weights near 1, small biases. Made on the device when the backend can (no host
+/// copy, seconds for a 40B shape), else on the host and loaded like a checkpoint.
+pub struct RandomSource {
     kind: QuantKind,
     opts: QuantOptions,
     rng: rand::rngs::StdRng,
     std: f32,
+    seed: u64,
+    count: u64,
 }
 
-impl HostRandomSource {
+impl RandomSource {
     pub fn new(kind: QuantKind, opts: QuantOptions, seed: u64, std: f32) -> Self {
         use rand::SeedableRng;
-        HostRandomSource { kind, opts, rng: rand::rngs::StdRng::seed_from_u64(seed), std }
+        RandomSource { kind, opts, rng: rand::rngs::StdRng::seed_from_u64(seed), std, seed, count: 0 }
+    }
+
+    /// A distinct seed for each parameter.
+    fn next_seed(&mut self) -> u64 {
+        self.count += 1;
+        self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(self.count)
     }
 
     fn normal(&mut self, n: usize, mean: f32, std: f32) -> Vec<f32> {
@@ -209,11 +218,16 @@ impl HostRandomSource {
     }
 }
 
-impl<B: Backend> ParamSource<B> for HostRandomSource {
+impl<B: Backend> ParamSource<B> for RandomSource {
     fn linear(&mut self, backend: &B, _name: &str, dims: (usize, usize), role: Role) -> Result<B::Linear> {
+        let target = if role == Role::Block { self.kind } else { dense_kind(self.kind) };
+        let seed = self.next_seed();
+        let (bs, dq) = (self.opts.blocksize, self.opts.double_quant);
+        if let Some(w) = backend.synthetic_linear(target, dims.0, dims.1, self.std, seed, bs, dq)? {
+            return Ok(w);
+        }
         let values = self.normal(dims.0 * dims.1, 0.0, self.std);
         let t = HostTensor::from_f32(vec![dims.0, dims.1], &values).cast(DType::BF16);
-        let target = if role == Role::Block { self.kind } else { dense_kind(self.kind) };
         let w = if target.is_quantized() {
             peregrine_quant::quantize_linear(&t, target, &self.opts)?
         } else {
@@ -223,10 +237,15 @@ impl<B: Backend> ParamSource<B> for HostRandomSource {
     }
 
     fn vector(&mut self, backend: &B, _name: &str, len: usize, kind: VectorKind) -> Result<B::Buf> {
-        let values = match kind {
-            VectorKind::NormWeight => self.normal(len, 1.0, 0.1),
-            VectorKind::NormBias | VectorKind::LinearBias => self.normal(len, 0.0, 0.02),
+        let (mean, std) = match kind {
+            VectorKind::NormWeight => (1.0, 0.1),
+            VectorKind::NormBias | VectorKind::LinearBias => (0.0, 0.02),
         };
+        let seed = self.next_seed();
+        if let Some(v) = backend.synthetic_vector(len, mean, std, seed)? {
+            return Ok(v);
+        }
+        let values = self.normal(len, mean, std);
         backend.load_vector(&HostTensor::from_f32(vec![len], &values))
     }
 }
