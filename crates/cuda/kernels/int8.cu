@@ -3,9 +3,13 @@
 // Kernels:
 //   dequant_int8_bf16(cb, scb, K, row_ids, row0, nrows, out (nrows, K)): out = bf16((cb * scb) / 127),
 //     thread per element, grid-stride (prefill chunks and embeddings).
-//   gemv_int8_bf16(x (T, K), cb, scb, N, K, T, bias, out (T, N)): weight-only, T <= 8. One warp per
-//     n (4 per block); lane l streams 16-byte words l, l+32, .. of row n; f32 accumulate of
-//     x * cb, scaled once by scb/127 at the end (mathematically the dequantized product).
+//   dequant_int8w_bf16(same arguments): K % 16 == 0, thread per 16 weights, 16-byte accesses.
+//   gemv_int8_bf16_t{1,2,4,8}(x (T, K), cb, scb, N, K, T, bias, out (T, N)): weight-only, T <= 8.
+//     A warp owns 4 weight rows (8 warps per block); lane l streams 16-byte words l, l+32, .. of
+//     them, 2 words per row in flight; f32 accumulate of x * cb, scaled once by scb/127 at the end.
+//   gemv_int8_mixed_bf16_t{1,2,4,8}(xq, sca, cb, scb, x, cols, count, N, K, T, bias, out): LLM.int8
+//     for T <= 8 with the same mapping: dp4a on 16-byte words, then the outlier columns split
+//     over the lanes, then the int8_mm epilogue below.
 //   The LLM.int8 mixed-precision decomposition (threshold > 0), as bitsandbytes' MatMul8bitLt:
 //   (x is first rounded to f16 and compared with the f16 threshold, as bitsandbytes casts to f16.)
 //   int8_outlier_flags(x (T, K), T, K, threshold, flags (K)): flags[k] = any_t |x[t,k]| >= threshold.
@@ -43,51 +47,204 @@ extern "C" __global__ void dequant_int8_bf16(const i8* __restrict__ cb, const fl
     }
 }
 
-#define GEMV_MAX_T 8
-#define GEMV_WARPS 4
-
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
-    gemv_int8_bf16(const bf16* __restrict__ x, const i8* __restrict__ cb, const float* __restrict__ scb, int N,
-                   int K, int T, const bf16* __restrict__ bias, bf16* __restrict__ out) {
-    const int lane = threadIdx.x & 31;
-    const int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (n >= N) return;
-    const int words = K / 16;
-    const uint4* wrow = reinterpret_cast<const uint4*>(cb + (i64)n * K);
-    float acc[GEMV_MAX_T];
-#pragma unroll
-    for (int t = 0; t < GEMV_MAX_T; t++) acc[t] = 0.f;
-    for (int w = lane; w < words; w += 32) {
-        const uint4 q = __ldg(wrow + w);
+// Fast dequantization for K % 16 == 0: thread per 16 weights, one 16-byte load, two stores.
+extern "C" __global__ void dequant_int8w_bf16(const i8* __restrict__ cb, const float* __restrict__ scb, int K,
+                                              const u32* __restrict__ row_ids, i64 row0, i64 nrows,
+                                              bf16* __restrict__ out) {
+    const int wpr = K / 16;
+    const i64 total = nrows * wpr;
+    for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
+        const i64 i = idx / wpr;
+        const int w = (int)(idx % wpr);
+        const i64 r = row_ids ? (i64)row_ids[i] : row0 + i;
+        const uint4 q = __ldg(reinterpret_cast<const uint4*>(cb + r * K + (i64)w * 16));
+        const float s = scb[r];
         const u32 qw[4] = {q.x, q.y, q.z, q.w};
+        __nv_bfloat162 h[8];
 #pragma unroll
-        for (int half = 0; half < 2; half++) {  // 8 weights per half
-            float wv[8];
+        for (int e = 0; e < 8; e++) {
+            const u32 word = qw[e / 2];
+            h[e].x = f2bf(dequant_int8((i8)((word >> (16 * (e % 2))) & 0xFF), s));
+            h[e].y = f2bf(dequant_int8((i8)((word >> (16 * (e % 2) + 8)) & 0xFF), s));
+        }
+        uint4* dst = reinterpret_cast<uint4*>(out + i * K + (i64)w * 16);
+        dst[0] = *reinterpret_cast<uint4*>(&h[0]);
+        dst[1] = *reinterpret_cast<uint4*>(&h[4]);
+    }
+}
+
+// GEMVs for T <= 8 (same scheme as gemv4 in quant4.cu): a warp owns GEMV_ROWS consecutive
+// weight rows, lane l streams 16-byte words l, l+32, .. of them (16 weights a word), GEMV_UNROLL
+// words per row in flight, activations loaded once per word and reused for the rows.
+#define GEMV_ROWS 4
+#define GEMV_WARPS 8
+#define GEMV_UNROLL 2
+
+__device__ __forceinline__ u32 word_of(const uint4& q, int i) { return i == 0 ? q.x : i == 1 ? q.y : i == 2 ? q.z : q.w; }
+
+template <int MAXT>
+__device__ __forceinline__ void gemv_int8_body(const bf16* __restrict__ x, const i8* __restrict__ cb,
+                                               const float* __restrict__ scb, int N, int K, int T,
+                                               const bf16* __restrict__ bias, bf16* __restrict__ out) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_ROWS;
+    if (n0 >= N) return;
+    const int words = K / 16;
+    float acc[GEMV_ROWS][MAXT];
 #pragma unroll
-            for (int b = 0; b < 8; b++) wv[b] = (float)(i8)((qw[2 * half + b / 4] >> (8 * (b % 4))) & 0xFF);
-            const int k = w * 16 + half * 8;
+    for (int r = 0; r < GEMV_ROWS; r++)
 #pragma unroll
-            for (int t = 0; t < GEMV_MAX_T; t++) {
-                if (t < T) {
-                    const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + (i64)t * K + k));
-                    float xf[8];
-                    unpack8_bf16(xv, xf);
+        for (int t = 0; t < MAXT; t++) acc[r][t] = 0.f;
+    for (int w0 = lane; w0 < words; w0 += 32 * GEMV_UNROLL) {
+        uint4 q[GEMV_UNROLL][GEMV_ROWS];
 #pragma unroll
-                    for (int e = 0; e < 8; e++) acc[t] += wv[e] * xf[e];
+        for (int u = 0; u < GEMV_UNROLL; u++)
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++) {
+                const int w = w0 + 32 * u, n = n0 + r;
+                q[u][r] = (w < words && n < N) ? __ldg(reinterpret_cast<const uint4*>(cb + (i64)n * K + (i64)w * 16))
+                                               : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            const int w = w0 + 32 * u;
+            if (w >= words) break;
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                const int k = w * 16 + half * 8;
+                float xf[MAXT][8];
+#pragma unroll
+                for (int t = 0; t < MAXT; t++)
+                    if (t < T) unpack8_bf16(__ldg(reinterpret_cast<const uint4*>(x + (i64)t * K + k)), xf[t]);
+#pragma unroll
+                for (int r = 0; r < GEMV_ROWS; r++) {
+                    float wv[8];
+#pragma unroll
+                    for (int e = 0; e < 8; e++) wv[e] = (float)(i8)((word_of(q[u][r], 2 * half + e / 4) >> (8 * (e % 4))) & 0xFF);
+#pragma unroll
+                    for (int t = 0; t < MAXT; t++)
+                        if (t < T)
+#pragma unroll
+                            for (int e = 0; e < 8; e++) acc[r][t] += wv[e] * xf[t][e];
                 }
             }
         }
     }
-    const float s = scb[n];
-    const float bv = bias ? bf2f(bias[n]) : 0.f;
 #pragma unroll
-    for (int t = 0; t < GEMV_MAX_T; t++) {
-        if (t < T) {
-            const float v = warp_sum(acc[t]);
-            if (lane == 0) out[(i64)t * N + n] = f2bf(__fmul_rn(v * s, INV_127) + bv);
+    for (int r = 0; r < GEMV_ROWS; r++) {
+        const int n = n0 + r;
+        const float s = (n < N) ? scb[n] : 0.f;
+        const float bv = (bias != nullptr && n < N) ? bf2f(bias[n]) : 0.f;
+#pragma unroll
+        for (int t = 0; t < MAXT; t++) {
+            if (t < T) {
+                const float v = warp_sum(acc[r][t]);
+                if (lane == 0 && n < N) out[(i64)t * N + n] = f2bf(__fmul_rn(v * s, INV_127) + bv);
+            }
         }
     }
 }
+
+// LLM.int8 for T <= 8: dp4a of the int8 activations (int8_quant_rows) with cb, then the outlier
+// columns in f32, with the epilogue of int8_mm below.
+template <int MAXT>
+__device__ __forceinline__ void gemv_int8_mixed_body(const i8* __restrict__ xq, const float* __restrict__ sca,
+                                                     const i8* __restrict__ cb, const float* __restrict__ scb,
+                                                     const bf16* __restrict__ x, const int* __restrict__ cols,
+                                                     const int* __restrict__ count, int N, int K, int T,
+                                                     const bf16* __restrict__ bias, bf16* __restrict__ out) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_ROWS;
+    if (n0 >= N) return;
+    const int words = K / 16;
+    int acc[GEMV_ROWS][MAXT];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < MAXT; t++) acc[r][t] = 0;
+    for (int w0 = lane; w0 < words; w0 += 32 * GEMV_UNROLL) {
+        uint4 q[GEMV_UNROLL][GEMV_ROWS];
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++)
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++) {
+                const int w = w0 + 32 * u, n = n0 + r;
+                q[u][r] = (w < words && n < N) ? __ldg(reinterpret_cast<const uint4*>(cb + (i64)n * K + (i64)w * 16))
+                                               : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            const int w = w0 + 32 * u;
+            if (w >= words) break;
+            uint4 xw[MAXT];
+#pragma unroll
+            for (int t = 0; t < MAXT; t++)
+                if (t < T) xw[t] = *reinterpret_cast<const uint4*>(xq + (i64)t * K + (i64)w * 16);
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+                for (int t = 0; t < MAXT; t++)
+                    if (t < T) {
+                        int v = acc[r][t];
+                        v = __dp4a((int)q[u][r].x, (int)xw[t].x, v);
+                        v = __dp4a((int)q[u][r].y, (int)xw[t].y, v);
+                        v = __dp4a((int)q[u][r].z, (int)xw[t].z, v);
+                        acc[r][t] = __dp4a((int)q[u][r].w, (int)xw[t].w, v);
+                    }
+        }
+    }
+    float accf[GEMV_ROWS][MAXT];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < MAXT; t++) accf[r][t] = 0.f;
+    const int n_out = *count;
+    for (int i = lane; i < n_out; i += 32) {
+        const int c = cols[i];
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) {
+            const int n = n0 + r;
+            if (n >= N) continue;
+            const float w = round_bf16(dequant_int8(cb[(i64)n * K + c], scb[n]));
+#pragma unroll
+            for (int t = 0; t < MAXT; t++)
+                if (t < T) accf[r][t] += bf2f(x[(i64)t * K + c]) * w;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) {
+        const int n = n0 + r;
+#pragma unroll
+        for (int t = 0; t < MAXT; t++) {
+            if (t < T) {
+                const int ai = warp_sum_int(acc[r][t]);
+                const float o = warp_sum(accf[r][t]);
+                if (lane == 0 && n < N) {
+                    float v = __fmul_rn((float)ai * sca[t] * scb[n], MM_DEQUANT_CONST);
+                    if (bias) v += bf2f(bias[n]);
+                    v = bf2f(f2bf(round_f16(v)));
+                    out[(i64)t * N + n] = f2bf(v + o);
+                }
+            }
+        }
+    }
+}
+
+#define GEMV_INT8_KERNELS(MAXT)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_int8_bf16_t##MAXT(                          \
+        const bf16* x, const i8* cb, const float* scb, int N, int K, int T, const bf16* bias, bf16* out) {         \
+        gemv_int8_body<MAXT>(x, cb, scb, N, K, T, bias, out);                                                     \
+    }                                                                                                             \
+    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_int8_mixed_bf16_t##MAXT(                    \
+        const i8* xq, const float* sca, const i8* cb, const float* scb, const bf16* x, const int* cols,           \
+        const int* count, int N, int K, int T, const bf16* bias, bf16* out) {                                     \
+        gemv_int8_mixed_body<MAXT>(xq, sca, cb, scb, x, cols, count, N, K, T, bias, out);                         \
+    }
+
+GEMV_INT8_KERNELS(1)
+GEMV_INT8_KERNELS(2)
+GEMV_INT8_KERNELS(4)
+GEMV_INT8_KERNELS(8)
 
 extern "C" __global__ void int8_outlier_flags(const bf16* __restrict__ x, int T, int K, float threshold,
                                               u8* __restrict__ flags) {

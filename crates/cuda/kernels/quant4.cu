@@ -6,10 +6,13 @@
 //   dequant4_bf16(packed, absmax.., code (16), blocksize, K, row_ids, row0, nrows, out (nrows, K))
 //     out row i = weight row (row_ids ? row_ids[i] : row0 + i). Thread per packed byte (2 outputs),
 //     grid-stride. Used for prefill (dequantize a chunk of rows, then cuBLAS) and for embeddings.
-//   gemv4_bf16(x (T, K), packed, absmax.., code, blocksize, N, K, T, bias, out (T, N))
-//     Fused dequantize-and-multiply for T <= 8 rows. One warp per output feature n, 4 warps per
-//     block; lane l streams 16-byte words l, l+32, .. of row n (32 weights each, one scale per
-//     word since blocksize >= 32), decodes in registers, and multiplies by 16-byte loads of x.
+//   dequant4w_bf16(same arguments): the same for K % 32 == 0 and blocksize % 32 == 0: thread per
+//     16-byte word (32 weights, one scale), four 16-byte stores.
+//   gemv4_bf16_t{1,2,4,8}(x (T, K), packed, absmax.., code, blocksize, N, K, T, bias, out (T, N))
+//     Fused dequantize-and-multiply for T <= 1/2/4/8 rows. A warp owns 4 consecutive weight rows
+//     (8 warps, 32 rows per block); lane l streams 16-byte words l, l+32, .. of those rows, two
+//     words per row in flight (32 weights a word, one scale a word since blocksize >= 32),
+//     decodes in registers and multiplies by 16-byte loads of x reused for the 4 rows.
 //     f32 accumulation, warp-sum, bias added in f32, one bf16 rounding.
 // Assumptions: K even (dequant4); K % 32 == 0, blocksize % 32 == 0, T <= 8 (gemv4, checked on the host).
 #include "prelude.cuh"
@@ -38,59 +41,147 @@ extern "C" __global__ void dequant4_bf16(const u8* __restrict__ packed, const fl
     }
 }
 
-#define GEMV_MAX_T 8
-#define GEMV_WARPS 4
-
-extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32)
-    gemv4_bf16(const bf16* __restrict__ x, const u8* __restrict__ packed, const float* __restrict__ absmax,
-               const u8* __restrict__ absmax_q, const float* __restrict__ absmax_code,
-               const float* __restrict__ nested, int nested_blocksize, float offset, const float* __restrict__ code,
-               int blocksize, int N, int K, int T, const bf16* __restrict__ bias, bf16* __restrict__ out) {
+// Fast dequantization when every row starts on a 16-byte word: thread per word (32 weights, one
+// scale), 16-byte load, four 16-byte stores.
+extern "C" __global__ void dequant4w_bf16(const u8* __restrict__ packed, const float* __restrict__ absmax,
+                                          const u8* __restrict__ absmax_q, const float* __restrict__ absmax_code,
+                                          const float* __restrict__ nested, int nested_blocksize, float offset,
+                                          const float* __restrict__ code, int blocksize, int K,
+                                          const u32* __restrict__ row_ids, i64 row0, i64 nrows, bf16* __restrict__ out) {
     __shared__ float lut[16];
     if (threadIdx.x < 16) lut[threadIdx.x] = code[threadIdx.x];
     __syncthreads();
-    const int lane = threadIdx.x & 31;
-    const int n = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (n >= N) return;
-    const int words = K / 32;  // 16-byte words per row
-    const uint4* wrow = reinterpret_cast<const uint4*>(packed + (i64)n * (K / 2));
-    float acc[GEMV_MAX_T];
-#pragma unroll
-    for (int t = 0; t < GEMV_MAX_T; t++) acc[t] = 0.f;
-
-    for (int w = lane; w < words; w += 32) {
-        const uint4 q = __ldg(wrow + w);
-        const i64 f0 = (i64)n * K + (i64)w * 32;
-        const float a = absmax_at(absmax, absmax_q, absmax_code, nested, nested_blocksize, offset, f0 / blocksize);
+    const int wpr = K / 32;  // words per row
+    const i64 total = nrows * wpr;
+    for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
+        const i64 i = idx / wpr;
+        const int w = (int)(idx % wpr);
+        const i64 src_row = row_ids ? (i64)row_ids[i] : row0 + i;
+        const i64 f = src_row * K + (i64)w * 32;
+        const uint4 q = __ldg(reinterpret_cast<const uint4*>(packed + (f >> 1)));
+        const float a = absmax_at(absmax, absmax_q, absmax_code, nested, nested_blocksize, offset, f / blocksize);
         const u32 qw[4] = {q.x, q.y, q.z, q.w};
+        uint4* dst = reinterpret_cast<uint4*>(out + i * K + (i64)w * 32);
 #pragma unroll
-        for (int part = 0; part < 4; part++) {  // 4 bytes = 8 weights per part
-            float wv[8];
+        for (int part = 0; part < 4; part++) {
+            __nv_bfloat162 h[4];
 #pragma unroll
             for (int b = 0; b < 4; b++) {
-                const u32 byte = (qw[part] >> (8 * b)) & 0xFF;  // little-endian: byte b of the word
-                wv[2 * b] = lut[byte >> 4] * a;
-                wv[2 * b + 1] = lut[byte & 15] * a;
+                const u32 byte = (qw[part] >> (8 * b)) & 0xFF;
+                h[b].x = f2bf(lut[byte >> 4] * a);
+                h[b].y = f2bf(lut[byte & 15] * a);
             }
-            const int k = w * 32 + part * 8;
+            dst[part] = *reinterpret_cast<uint4*>(h);
+        }
+    }
+}
+
+// GEMV: each warp owns GEMV_ROWS consecutive weight rows and streams them together, so the
+// activation words it loads are reused GEMV_ROWS times from registers; each lane keeps
+// GEMV_UNROLL words per row (16 bytes each) in flight. The double-quant code book sits in shared
+// memory so a scale costs one byte load plus an L1-resident nested absmax.
+#define GEMV_ROWS 4
+#define GEMV_WARPS 8
+#define GEMV_UNROLL 2
+
+__device__ __forceinline__ float absmax_lut(const float* plain, const u8* q, const float* lut2, const float* nested,
+                                            int nested_blocksize, float offset, i64 i) {
+    if (plain != nullptr) return __ldg(plain + i);
+    return __fadd_rn(__fmul_rn(lut2[__ldg(q + i)], __ldg(nested + i / nested_blocksize)), offset);
+}
+
+template <int MAXT>
+__device__ __forceinline__ void gemv4_body(const bf16* __restrict__ x, const u8* __restrict__ packed,
+                                           const float* __restrict__ absmax, const u8* __restrict__ absmax_q,
+                                           const float* __restrict__ absmax_code, const float* __restrict__ nested,
+                                           int nested_blocksize, float offset, const float* __restrict__ code,
+                                           int blocksize, int N, int K, int T, const bf16* __restrict__ bias,
+                                           bf16* __restrict__ out) {
+    __shared__ float lut[16];
+    __shared__ float lut2[256];
+    if (threadIdx.x < 16) lut[threadIdx.x] = code[threadIdx.x];
+    if (absmax_code != nullptr)
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) lut2[i] = absmax_code[i];
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_ROWS;
+    if (n0 >= N) return;
+    const int words = K / 32;
+    float acc[GEMV_ROWS][MAXT];
 #pragma unroll
-            for (int t = 0; t < GEMV_MAX_T; t++) {
-                if (t < T) {
-                    const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + (i64)t * K + k));
-                    float xf[8];
-                    unpack8_bf16(xv, xf);
+    for (int r = 0; r < GEMV_ROWS; r++)
 #pragma unroll
-                    for (int e = 0; e < 8; e++) acc[t] += wv[e] * xf[e];
+        for (int t = 0; t < MAXT; t++) acc[r][t] = 0.f;
+
+    for (int w0 = lane; w0 < words; w0 += 32 * GEMV_UNROLL) {
+        uint4 q[GEMV_UNROLL][GEMV_ROWS];
+        float a[GEMV_UNROLL][GEMV_ROWS];
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            const int w = w0 + 32 * u;
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++) {
+                const int n = n0 + r;
+                const bool ok = (w < words) && (n < N);
+                const i64 f = (i64)n * K + (i64)w * 32;
+                q[u][r] = ok ? __ldg(reinterpret_cast<const uint4*>(packed + (f >> 1))) : make_uint4(0, 0, 0, 0);
+                a[u][r] = ok ? absmax_lut(absmax, absmax_q, lut2, nested, nested_blocksize, offset, f / blocksize) : 0.f;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < GEMV_UNROLL; u++) {
+            const int w = w0 + 32 * u;
+            if (w >= words) break;
+#pragma unroll
+            for (int part = 0; part < 4; part++) {
+                const int k = w * 32 + part * 8;
+                float xf[MAXT][8];
+#pragma unroll
+                for (int t = 0; t < MAXT; t++)
+                    if (t < T) unpack8_bf16(__ldg(reinterpret_cast<const uint4*>(x + (i64)t * K + k)), xf[t]);
+#pragma unroll
+                for (int r = 0; r < GEMV_ROWS; r++) {
+                    const u32 word = part == 0 ? q[u][r].x : part == 1 ? q[u][r].y : part == 2 ? q[u][r].z : q[u][r].w;
+                    float wv[8];
+#pragma unroll
+                    for (int b = 0; b < 4; b++) {
+                        const u32 byte = (word >> (8 * b)) & 0xFF;
+                        wv[2 * b] = lut[byte >> 4] * a[u][r];
+                        wv[2 * b + 1] = lut[byte & 15] * a[u][r];
+                    }
+#pragma unroll
+                    for (int t = 0; t < MAXT; t++)
+                        if (t < T)
+#pragma unroll
+                            for (int e = 0; e < 8; e++) acc[r][t] += wv[e] * xf[t][e];
                 }
             }
         }
     }
-    const float bv = bias ? bf2f(bias[n]) : 0.f;
 #pragma unroll
-    for (int t = 0; t < GEMV_MAX_T; t++) {
-        if (t < T) {
-            const float s = warp_sum(acc[t]);
-            if (lane == 0) out[(i64)t * N + n] = f2bf(s + bv);
+    for (int r = 0; r < GEMV_ROWS; r++) {
+        const int n = n0 + r;
+        const float bv = (bias != nullptr && n < N) ? bf2f(bias[n]) : 0.f;
+#pragma unroll
+        for (int t = 0; t < MAXT; t++) {
+            if (t < T) {
+                const float s = warp_sum(acc[r][t]);
+                if (lane == 0 && n < N) out[(i64)t * N + n] = f2bf(s + bv);
+            }
         }
     }
 }
+
+#define GEMV4_KERNEL(MAXT)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv4_bf16_t##MAXT(                           \
+        const bf16* x, const u8* packed, const float* absmax, const u8* absmax_q, const float* absmax_code,    \
+        const float* nested, int nested_blocksize, float offset, const float* code, int blocksize, int N, int K, \
+        int T, const bf16* bias, bf16* out) {                                                                  \
+        gemv4_body<MAXT>(x, packed, absmax, absmax_q, absmax_code, nested, nested_blocksize, offset, code,     \
+                         blocksize, N, K, T, bias, out);                                                       \
+    }
+
+GEMV4_KERNEL(1)
+GEMV4_KERNEL(2)
+GEMV4_KERNEL(4)
+GEMV4_KERNEL(8)

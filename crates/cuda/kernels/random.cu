@@ -6,7 +6,8 @@
 //   fill_normal_bf16(out, n, seed, mean, std): thread per element, grid-stride.
 //   random_quant4(packed, absmax (blocks), code (16), n, blocksize, seed, std): thread per block
 //     of `blocksize` weights: pass 1 absmax = max |w|, pass 2 regenerates each w and stores the
-//     index of the nearest code to w * (1 / absmax) (ties to the lower index, like argmin), two per
+//     index of the nearest code to w * (1 / absmax) (ties as bitsandbytes: same sign, then smaller
+//     magnitude), two per
 //     byte, first element in the high nibble. An all-zero block stores the code nearest 0.
 //   absmax_sum(absmax, blocks, out (1) f64): warp sums in f64, one atomicAdd per warp (the mean
 //     is then cast to f32, so the order of the f64 additions does not show).
@@ -28,12 +29,20 @@ extern "C" __global__ void fill_normal_bf16(bf16* __restrict__ out, i64 n, u64 s
         out[i] = f2bf(normal_at(seed, (u64)i) * std + mean);
 }
 
+/// Between two codes equally near v, bitsandbytes' decision trees keep v's sign (FP4 has +0 and
+/// -0) and then the smaller magnitude (a value exactly on a midpoint goes down).
+__device__ __forceinline__ bool tie_prefers(float a, float b, float v) {
+    const bool sa = signbit(a) == signbit(v), sb = signbit(b) == signbit(v);
+    if (sa != sb) return sa;
+    return fabsf(a) < fabsf(b);
+}
+
 __device__ __forceinline__ int nearest_code(const float* lut, int len, float v) {
     int best = 0;
     float bd = fabsf(v - lut[0]);
     for (int c = 1; c < len; c++) {
         const float d = fabsf(v - lut[c]);
-        if (d < bd) {
+        if (d < bd || (d == bd && tie_prefers(lut[c], lut[best], v))) {
             bd = d;
             best = c;
         }

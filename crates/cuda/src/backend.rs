@@ -25,6 +25,8 @@ pub type CudaBuf = DeviceBuffer<bf16>;
 
 /// Query rows at or below which attention uses the decode kernel (one block per row and head).
 pub const DECODE_MAX_ROWS: usize = 8;
+/// Keys per block of the decode kernel (DEC_SPLIT in kernels/attention.cu).
+pub const DECODE_SPLIT: usize = 256;
 /// Head dims the attention kernels are instantiated for (kernels/attention.cu).
 pub const ATTENTION_HEAD_DIMS: [usize; 2] = [64, 128];
 
@@ -251,18 +253,31 @@ impl Backend for CudaBackend {
         }
         let pos = self.upload_u32(params.positions)?;
         let slopes = params.alibi_slopes.map(|s| self.dev.upload(s)).transpose()?;
+        let hd = l.head_dim;
         let a = Args::new().ptr(qkv.ptr()).ptr(cache.k.ptr()).ptr(cache.v.ptr()).ptr(pos.ptr()).opt(slopes.as_ref().map(|s| s.ptr()));
-        let a = a.ptr(out.ptr()).i32(t as i32).i32(l.n_head as i32).i32(l.n_kv as i32).i32(l.row_width() as i32).f32(params.scale);
-        let (kernel, g) = if t <= DECODE_MAX_ROWS {
-            let name = if l.head_dim == 64 { "attention_decode_bf16_hd64" } else { "attention_decode_bf16_hd128" };
-            (name, Grid::new((t as u32, l.n_head as u32, 1), 128))
+        if t <= DECODE_MAX_ROWS {
+            // Flash-decoding: S splits of DECODE_SPLIT keys, then a merge.
+            let max_pos = *params.positions.iter().max().unwrap_or(&0) as usize;
+            let splits = (max_pos + 1).div_ceil(DECODE_SPLIT);
+            let part_o = self.dev.alloc_uninit::<f32>(t * l.n_head * splits * hd)?;
+            let part_ml = self.dev.alloc_uninit::<f32>(t * l.n_head * splits * 2)?;
+            let name = if hd == 64 { "attention_decode_bf16_hd64" } else { "attention_decode_bf16_hd128" };
+            let a = a.ptr(part_o.ptr()).ptr(part_ml.ptr()).i32(l.n_head as i32).i32(l.n_kv as i32).i32(l.row_width() as i32).f32(params.scale);
+            let g = Grid::new((t as u32, l.n_head as u32, splits as u32), 128);
+            // SAFETY: every length and position checked above; partials sized (T, H, S, Hd) and (T, H, S, 2).
+            unsafe {
+                self.dev.launch("attention", name, g, a)?;
+                let a = Args::new().ptr(part_o.ptr()).ptr(part_ml.ptr()).ptr(out.ptr()).i32(l.n_head as i32).i32(hd as i32).i32(splits as i32);
+                self.dev.launch("attention", "attention_combine_bf16", Grid::new((t as u32, l.n_head as u32, 1), hd as u32), a)
+            }
         } else {
-            let name = if l.head_dim == 64 { "attention_prefill_bf16_hd64" } else { "attention_prefill_bf16_hd128" };
-            let smem = (3 * 32 * (l.head_dim + 1) * 4) as u32;
-            (name, Grid::new((t.div_ceil(32) as u32, l.n_head as u32, 1), 128).with_smem(smem))
-        };
-        // SAFETY: every length and position checked above.
-        unsafe { self.dev.launch("attention", kernel, g, a) }
+            let name = if hd == 64 { "attention_prefill_bf16_hd64" } else { "attention_prefill_bf16_hd128" };
+            let smem = (3 * 32 * (hd + 1) * 4) as u32;
+            let a = a.ptr(out.ptr()).i32(t as i32).i32(l.n_head as i32).i32(l.n_kv as i32).i32(l.row_width() as i32).f32(params.scale);
+            let g = Grid::new((t.div_ceil(32) as u32, l.n_head as u32, 1), 128).with_smem(smem);
+            // SAFETY: every length and position checked above.
+            unsafe { self.dev.launch("attention", name, g, a) }
+        }
     }
 
     fn gelu(&self, x: &mut CudaBuf, len: usize) -> Result<()> {

@@ -2,7 +2,8 @@
 //! stored layout (no repacking: every dequantized value is bitsandbytes' by construction).
 //!
 //! Dispatch (`matmul`): dense goes to cuBLAS. Quantized weights with few rows (T <= 8, decode)
-//! use a fused dequantize-and-multiply GEMV that streams the packed weights once; more rows
+//! use a fused dequantize-and-multiply GEMV (instantiated for T <= 1, 2, 4, 8) that streams the
+//! packed weights once; more rows
 //! (prefill) dequantize chunks of at most `DEQUANT_CHUNK_ELEMS` weights to bf16 and call cuBLAS,
 //! so the extra memory stays bounded (64 MiB) whatever the layer. LLM.int8 with a threshold runs
 //! the mixed-precision decomposition (int8 x int8 in dp4a for regular columns, bf16 for the
@@ -187,15 +188,18 @@ pub unsafe fn dequantize_rows(dev: &Device, w: &CudaLinear, row_ids: Option<u64>
             None => dev.copy_d2d(out, w.ptr_at(row0 * k), nrows * k * 2),
         },
         CudaLinear::Int8 { cb, scb, .. } => {
-            let g = Grid::new((dev.blocks_for(nrows * k, threads), 1, 1), threads);
+            let (kernel, per_thread) = if k % 16 == 0 { ("dequant_int8w_bf16", 16) } else { ("dequant_int8_bf16", 1) };
+            let g = Grid::new((dev.blocks_for(nrows * k / per_thread, threads), 1, 1), threads);
             let a = Args::new().ptr(cb.ptr()).ptr(scb.ptr()).i32(k as i32).opt(row_ids).i64(row0 as i64).i64(nrows as i64).ptr(out);
-            dev.launch("int8", "dequant_int8_bf16", g, a)
+            dev.launch("int8", kernel, g, a)
         }
         CudaLinear::FourBit { packed, absmax, code, blocksize, .. } => {
-            let g = Grid::new((dev.blocks_for(nrows * k / 2, threads), 1, 1), threads);
+            let words = k % 32 == 0 && blocksize % 32 == 0;
+            let (kernel, per_thread) = if words { ("dequant4w_bf16", 32) } else { ("dequant4_bf16", 2) };
+            let g = Grid::new((dev.blocks_for(nrows * k / per_thread, threads), 1, 1), threads);
             let a = absmax.args(Args::new().ptr(packed.ptr()));
             let a = a.ptr(code.ptr()).i32(*blocksize as i32).i32(k as i32).opt(row_ids).i64(row0 as i64).i64(nrows as i64).ptr(out);
-            dev.launch("quant4", "dequant4_bf16", g, a)
+            dev.launch("quant4", kernel, g, a)
         }
     }
 }
@@ -214,19 +218,33 @@ pub unsafe fn matmul(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Op
             add_bias(dev, out, rows, n, bias)
         }
         CudaLinear::FourBit { packed, absmax, code, blocksize, .. } if rows <= GEMV_MAX_ROWS && k % 32 == 0 && blocksize % 32 == 0 => {
-            let g = Grid::new((n.div_ceil(4) as u32, 1, 1), 128);
             let a = absmax.args(Args::new().ptr(x).ptr(packed.ptr()));
             let a = a.ptr(code.ptr()).i32(*blocksize as i32).i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).ptr(out);
-            dev.launch("quant4", "gemv4_bf16", g, a)
+            dev.launch("quant4", gemv_kernel(["gemv4_bf16_t1", "gemv4_bf16_t2", "gemv4_bf16_t4", "gemv4_bf16_t8"], rows), gemv_grid(n), a)
         }
         CudaLinear::Int8 { cb, scb, threshold: None, .. } if rows <= GEMV_MAX_ROWS && k % 16 == 0 => {
-            let g = Grid::new((n.div_ceil(4) as u32, 1, 1), 128);
             let a = Args::new().ptr(x).ptr(cb.ptr()).ptr(scb.ptr()).i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).ptr(out);
-            dev.launch("int8", "gemv_int8_bf16", g, a)
+            let names = ["gemv_int8_bf16_t1", "gemv_int8_bf16_t2", "gemv_int8_bf16_t4", "gemv_int8_bf16_t8"];
+            dev.launch("int8", gemv_kernel(names, rows), gemv_grid(n), a)
         }
         CudaLinear::Int8 { cb, scb, threshold: Some(thr), .. } => int8_mixed(dev, x, rows, cb, scb, *thr, n, k, bias, out),
         _ => dequant_gemm(dev, x, rows, w, bias, out),
     }
+}
+
+/// The GEMV instantiation for `rows` (<= 8) activation rows: t1, t2, t4 or t8.
+fn gemv_kernel(names: [&'static str; 4], rows: usize) -> &'static str {
+    match rows {
+        0 | 1 => names[0],
+        2 => names[1],
+        3 | 4 => names[2],
+        _ => names[3],
+    }
+}
+
+/// GEMV kernels: 8 warps per block, 4 weight rows per warp.
+fn gemv_grid(n: usize) -> Grid {
+    Grid::new((n.div_ceil(32) as u32, 1, 1), 256)
 }
 
 /// Prefill path for quantized weights: dequantize chunks of rows to bf16, cuBLAS each chunk
@@ -281,9 +299,14 @@ unsafe fn int8_mixed(
     let g = Grid::new((rows as u32, 1, 1), 256);
     let a = Args::new().ptr(x).i32(k as i32).f32(threshold).ptr(flags.ptr()).ptr(xq.ptr()).ptr(sca.ptr());
     dev.launch("int8", "int8_quant_rows", g, a)?;
+    let a = Args::new().ptr(xq.ptr()).ptr(sca.ptr()).ptr(cb.ptr()).ptr(scb.ptr()).ptr(x).ptr(cols.ptr()).ptr(count.ptr());
+    if rows <= GEMV_MAX_ROWS && k % 16 == 0 {
+        let names = ["gemv_int8_mixed_bf16_t1", "gemv_int8_mixed_bf16_t2", "gemv_int8_mixed_bf16_t4", "gemv_int8_mixed_bf16_t8"];
+        let a = a.i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).ptr(out);
+        return dev.launch("int8", gemv_kernel(names, rows), gemv_grid(n), a);
+    }
     let (bm, kernel) = if rows <= 16 { (16, "int8_mm_bf16_bm16") } else { (64, "int8_mm_bf16_bm64") };
     let g = Grid::new((n.div_ceil(64) as u32, rows.div_ceil(bm) as u32, 1), 256);
-    let a = Args::new().ptr(xq.ptr()).ptr(sca.ptr()).ptr(cb.ptr()).ptr(scb.ptr()).ptr(x).ptr(cols.ptr()).ptr(count.ptr());
     let a = a.i32(rows as i32).i32(n as i32).i32(k as i32).opt(bias).ptr(out);
     dev.launch("int8", kernel, g, a)
 }

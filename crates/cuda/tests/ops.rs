@@ -117,7 +117,7 @@ fn gelu_add_copy_rows_match_cpu() {
 fn attention_case(gpu: &CudaBackend, name: &str, layout: QkvLayout, alibi: bool, rope: Option<RotaryParams>, steps: &[Vec<u32>], seed: u64) {
     let cpu = cpu();
     let mut rng = Rng::new(seed);
-    let capacity = 160;
+    let capacity = steps.iter().flatten().copied().max().unwrap_or(0) as usize + 1;
     let per = capacity * layout.n_kv * layout.head_dim;
     let mut gcache = LayerKv::<CudaBackend> { k: gpu.alloc(per).unwrap(), v: gpu.alloc(per).unwrap() };
     let mut ccache = LayerKv::<peregrine_cpu::CpuBackend> { k: cpu.alloc(per).unwrap(), v: cpu.alloc(per).unwrap() };
@@ -166,6 +166,10 @@ fn rotary_append_attention_match_cpu() {
     attention_case(&gpu, "MQA 8q/1kv hd128 rope/2", mqa, false, Some(RotaryParams { theta: 500000.0, position_scale: 2.0 }), &steps(), 11);
     let mha = QkvLayout { n_head: 4, n_kv: 4, head_dim: 64 };
     attention_case(&gpu, "MHA 4 heads hd64 alibi", mha, true, None, &steps(), 12);
+    // Long enough for several decode splits (256 keys each) and several prefill key tiles.
+    let long = vec![(0..300).collect(), vec![300], (301..304).collect(), (304..620).collect(), vec![620]];
+    attention_case(&gpu, "GQA 8q/2kv hd64 rope long", gqa, false, Some(rope), &long, 13);
+    attention_case(&gpu, "MHA 4 heads hd128 alibi long", QkvLayout { n_head: 4, n_kv: 4, head_dim: 128 }, true, None, &long, 14);
 }
 
 #[test]
