@@ -11,9 +11,24 @@
 //! A CLI calls, in order: `parse_quant_list`, `read_prompt_file` or `seed_prompts`,
 //! `BenchPlan::new`, `prepare_out_dir`, `run_matrix`, `BenchReport::new` (+ fields),
 //! `render_table`, `write_report`.
+//!
+//! The engine's side, sketched:
+//! ```ignore
+//! impl BenchTarget for EngineTarget {
+//!     fn weight_bytes(&self) -> u64 { self.model.weight_bytes() }
+//!     fn reset_peak_memory(&mut self) { self.backend.reset_peak_memory() }
+//!     fn peak_memory_bytes(&self) -> u64 { self.backend.memory().peak_bytes }
+//!     fn generate(&mut self, prompt: &str, limit: GenerationLimit, on_token: &mut dyn FnMut(u32)) -> Result<Generation> {
+//!         let out = self.engine.generate_greedy(prompt, limit.new_tokens(n_prompt), |tok| on_token(tok))?;
+//!         Ok(Generation { prompt_tokens: out.prompt_tokens, generated_tokens: out.tokens.len(), text: out.text })
+//!     }
+//! }
+//! let results = run_matrix(&plan, &specs, |spec| EngineTarget::load(&model, spec.quant))?;
+//! ```
 
 pub mod baseline;
 pub mod csv;
+pub mod device;
 pub mod outdir;
 pub mod outputs;
 pub mod plots;
@@ -27,6 +42,7 @@ pub mod time;
 
 pub use baseline::{load_baseline, Baseline, BaselineConfig, BaselineRun};
 pub use csv::render_csv;
+pub use device::spec_bandwidth_gbps;
 pub use outdir::{prepare_out_dir, OVERWRITE_FLAG};
 pub use outputs::render_outputs_md;
 pub use prompts::{parse_prompts, read_prompt_file, seed_prompts, SEED_PROMPTS};

@@ -200,8 +200,9 @@ fn measure_with_bar<T: BenchTarget + ?Sized>(
         error: None,
     };
     for (prompt_index, run_index, warmup) in plan.schedule() {
-        bar.set_message(call_label(plan, prompt_index, run_index, warmup));
-        match measure_once(target, plan, prompt_index, run_index, warmup, bar) {
+        let label = call_label(plan, prompt_index, run_index, warmup);
+        bar.set_message(label.clone());
+        match measure_once(target, plan, (prompt_index, run_index, warmup), &label, bar) {
             Ok(record) => result.runs.push(record),
             Err(e) => {
                 result.error = Some(e.to_string());
@@ -219,9 +220,8 @@ fn measure_with_bar<T: BenchTarget + ?Sized>(
 fn measure_once<T: BenchTarget + ?Sized>(
     target: &mut T,
     plan: &BenchPlan,
-    prompt_index: usize,
-    run_index: usize,
-    warmup: bool,
+    (prompt_index, run_index, warmup): (usize, usize, bool),
+    label: &str,
     bar: &ProgressBar,
 ) -> Result<RunRecord> {
     let prompt = &plan.prompts[prompt_index];
@@ -232,7 +232,7 @@ fn measure_once<T: BenchTarget + ?Sized>(
     let generation = target.generate(prompt, plan.limit, &mut |_token| {
         first_token_s.get_or_insert_with(|| start.elapsed().as_secs_f64());
         streamed += 1;
-        bar.tick();
+        bar.set_message(format!("{label}: {streamed} tokens"));
     })?;
     let total_s = start.elapsed().as_secs_f64();
     let peak_memory_bytes = target.peak_memory_bytes();
@@ -428,5 +428,22 @@ mod tests {
         assert!(BenchPlan::new(prompts.clone(), 0, 1, GenerationLimit::MaxLength(100)).is_err());
         assert!(BenchPlan::new(vec![], 1, 1, GenerationLimit::MaxLength(100)).is_err());
         assert!(BenchPlan::new(prompts, 1, 0, GenerationLimit::MaxNewTokens(0)).is_err());
+    }
+
+    /// Not run by default: shows the progress bars. Run it under a terminal:
+    /// `script -qc "cargo test -p peregrine-bench progress_demo -- --ignored --nocapture" /dev/null`
+    #[test]
+    #[ignore]
+    fn progress_demo() {
+        let mut p = plan();
+        p.progress = true;
+        p.limit = GenerationLimit::MaxNewTokens(100);
+        let specs = parse_quant_list("bf16,int8,nf4").unwrap();
+        let results = run_matrix(&p, &specs, |s| match s.quant {
+            QuantKind::Int8 => Err(Error::device("out of memory loading int8")),
+            _ => Ok(Fake::new(GB)),
+        })
+        .unwrap();
+        assert_eq!(results.len(), 3);
     }
 }

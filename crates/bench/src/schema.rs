@@ -52,7 +52,8 @@ impl std::fmt::Display for GenerationLimit {
 pub struct DeviceInfo {
     /// e.g. "cuda:0 NVIDIA H200".
     pub name: String,
-    /// Physical memory bandwidth in GB/s, the ceiling for `achieved_gbps`; `None` if unknown.
+    /// Memory bandwidth in GB/s, the ceiling for `achieved_gbps` (spec sheet via
+    /// `spec_bandwidth_gbps`, or measured); `None` if unknown.
     pub memory_bandwidth_gbps: Option<f64>,
     /// Device memory in bytes; `None` if unknown.
     pub total_memory_bytes: Option<u64>,
@@ -194,6 +195,10 @@ impl QualityResult {
                     top1.len()
                 )));
             }
+        }
+        let all = nll.iter().chain(reference.map_or(&[][..], |(_, kl, _)| kl));
+        if let Some(bad) = all.clone().position(|v| !v.is_finite()) {
+            return Err(Error::msg(format!("perplexity: a non-finite log-likelihood or KL value (#{bad})")));
         }
         let mean_nll = nll.iter().sum::<f64>() / nll.len() as f64;
         Ok(QualityResult {
@@ -382,5 +387,6 @@ mod tests {
         assert_eq!(q.reference.as_deref(), Some("bf16"));
         assert!(QualityResult::from_tokens(&[], None).is_err());
         assert!(QualityResult::from_tokens(&nll, Some(("bf16", &kl[..2], &top1))).is_err());
+        assert!(QualityResult::from_tokens(&[1.0, f64::INFINITY], None).is_err());
     }
 }
