@@ -21,7 +21,7 @@ pub struct BnbConfig {
     pub double_quant: bool,
     /// `bnb_4bit_compute_dtype`: the dtype bitsandbytes multiplies 4-bit weights in.
     pub compute_dtype: DType,
-    /// `llm_int8_threshold` (0 disables the outlier decomposition).
+    /// `llm_int8_threshold` (0 keeps int8 activations but has no outlier columns).
     pub llm_int8_threshold: f64,
     /// `llm_int8_skip_modules`: module names left unquantized (None = transformers' default).
     pub skip_modules: Option<Vec<String>>,
@@ -44,6 +44,7 @@ impl BnbConfig {
             kind,
             double_quant: opts.double_quant,
             compute_dtype,
+            // transformers cannot express weight-only int8 (`None`): it becomes threshold 0.
             llm_int8_threshold: opts.int8_threshold.map_or(0.0, f64::from),
             skip_modules: None,
         })
@@ -53,7 +54,8 @@ impl BnbConfig {
     pub fn options(&self) -> QuantOptions {
         QuantOptions {
             double_quant: self.double_quant,
-            int8_threshold: (self.llm_int8_threshold > 0.0).then_some(self.llm_int8_threshold as f32),
+            // bitsandbytes' threshold 0 still quantizes activations to int8 (no outliers).
+            int8_threshold: Some(self.llm_int8_threshold as f32),
             ..QuantOptions::default()
         }
     }

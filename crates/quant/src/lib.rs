@@ -40,8 +40,10 @@ pub struct QuantOptions {
     pub double_quant: bool,
     /// Block size of that second quantization. Default 256 (fixed in bitsandbytes).
     pub nested_blocksize: usize,
-    /// LLM.int8 outlier threshold for int8 matmuls; `None` = weight-only int8.
-    /// Default `Some(6.0)`, transformers' `llm_int8_threshold`.
+    /// LLM.int8 outlier threshold for int8 matmuls (`Int8Weight::threshold`): `None` =
+    /// weight-only int8 (f32 activations), `Some(t)` = bitsandbytes' int8 activations with
+    /// outlier columns at |x| >= t (none for t <= 0). Default `Some(6.0)`, transformers'
+    /// `llm_int8_threshold`.
     pub int8_threshold: Option<f32>,
 }
 

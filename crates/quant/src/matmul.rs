@@ -8,8 +8,10 @@
 //! takes f32 dot products with every row of x, so 4-bit and int8 weights cost one decode
 //! per call and no (N, K) f32 copy is ever materialised.
 //!
-//! LLM.int8 with a threshold follows bitsandbytes 0.50's `MatMul8bitLt.forward` /
-//! `int8_mixed_scaled_mm` on CUDA:
+//! Int8 weights with `threshold: None` are weight-only: `(CB * SCB) * (1/127)` in f32, then
+//! an f32 matmul. With `Some(t)` this follows bitsandbytes 0.50's `MatMul8bitLt.forward` /
+//! `int8_mixed_scaled_mm` on CUDA (`t <= 0` is bitsandbytes' `threshold=0.0`: int8
+//! activations with no outlier columns):
 //! 1. x is rounded to f16; columns holding any |x| >= t are outlier columns.
 //! 2. Row-wise int8 quantization of x (`crate::int8::quantize_rows`): per-row absmax over
 //!    the values below t, codes `round_half_even(x * 127/absmax)`, outlier columns zeroed.
@@ -42,7 +44,7 @@ pub fn matmul(x: &[f32], rows: usize, w: &LinearWeight, out: &mut [f32]) -> Resu
         )));
     }
     match w {
-        LinearWeight::Int8(q) if q.threshold.is_some_and(|t| t > 0.0) => int8_mixed(x, rows, q, out),
+        LinearWeight::Int8(q) if q.threshold.is_some() => int8_mixed(x, rows, q, out),
         LinearWeight::Int8(q) => float_matmul(x, rows, n, k, out, |r0, buf| decode_int8_rows(q, r0, buf)),
         LinearWeight::FourBit(q) => {
             let absmax = restore_absmax(&q.absmax);
