@@ -136,7 +136,10 @@ fn parse_anchor_log(text: &str, path: &Path) -> Result<Baseline> {
         }
     }
     if configs.is_empty() {
-        return Err(Error::file(path, "neither baseline JSON nor a log with `RESULT {...}` lines of hf_bnb_baseline.py"));
+        return Err(Error::file(
+            path,
+            "neither baseline JSON nor a log with `RESULT {...}` lines of hf_bnb_baseline.py",
+        ));
     }
     Ok(Baseline { source: "transformers + bitsandbytes (hf_bnb_baseline.py)".into(), device: None, configs })
 }
@@ -186,7 +189,7 @@ mod tests {
         assert!((nf4.summary.total_s.unwrap().mean - 5.25).abs() < TOL);
         assert!((nf4.summary.e2e_tok_s.unwrap().mean - (85.0 / 5.0 + 83.0 / 5.5) / 2.0).abs() < TOL);
         assert!(nf4.summary.decode_tok_s.is_none()); // no ttft in the log
-        // int8 has only its warm-up run: nothing to summarise, but it is kept.
+                                                     // int8 has only its warm-up run: nothing to summarise, but it is kept.
         assert_eq!(b.config("int8").unwrap().summary.runs, 0);
     }
 

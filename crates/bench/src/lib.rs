@@ -48,8 +48,6 @@ pub use outputs::render_outputs_md;
 pub use prompts::{parse_prompts, read_prompt_file, seed_prompts, SEED_PROMPTS};
 pub use report::{read_report, write_report};
 pub use runner::{measure_config, parse_quant_list, run_matrix, BenchPlan, BenchTarget, ConfigSpec, Generation};
-pub use schema::{
-    BenchReport, ConfigResult, DeviceInfo, GenerationLimit, QualityResult, RunRecord, Summary, SCHEMA,
-};
+pub use schema::{BenchReport, ConfigResult, DeviceInfo, GenerationLimit, QualityResult, RunRecord, Summary, SCHEMA};
 pub use stats::Stat;
 pub use table::render_table;

@@ -101,7 +101,9 @@ fn prompt_section(report: &BenchReport, index: usize, prompt: &str) -> String {
                 }
                 out.push_str("\n\n");
                 if distinct > 1 {
-                    out.push_str(&format!("_The measured runs gave {distinct} different answers; this is the first._\n\n"));
+                    out.push_str(&format!(
+                        "_The measured runs gave {distinct} different answers; this is the first._\n\n"
+                    ));
                 }
                 out.push_str(&fenced(text));
             }

@@ -54,12 +54,20 @@ fn plot_error(path: &Path, e: Box<dyn std::error::Error>) -> Error {
 
 /// "peak GPU memory", or "peak memory" when the benchmark ran on the CPU.
 fn memory_name(report: &BenchReport) -> &'static str {
-    if report.device.name.to_ascii_lowercase().starts_with("cpu") { "peak memory" } else { "peak GPU memory" }
+    if report.device.name.to_ascii_lowercase().starts_with("cpu") {
+        "peak memory"
+    } else {
+        "peak GPU memory"
+    }
 }
 
 /// "1 run", "2 runs".
 fn plural(n: usize, word: &str) -> String {
-    if n == 1 { format!("{n} {word}") } else { format!("{n} {word}s") }
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
 }
 
 /// The last component of a model path or hub id, for titles.
@@ -86,7 +94,8 @@ fn draw_seed_chart(report: &BenchReport, config: &ConfigResult, path: &Path) -> 
     root.fill(&WHITE)?;
     let synthetic = if report.synthetic_weights { " (synthetic weights)" } else { "" };
     let mem_name = memory_name(report);
-    let title = format!("{} {}{synthetic}: {mem_name} and execution time per run", short_model(&report.model), config.label);
+    let title =
+        format!("{} {}{synthetic}: {mem_name} and execution time per run", short_model(&report.model), config.label);
     let mut chart = ChartBuilder::on(&root)
         .caption(title, (FONT, 26))
         .margin(20)
@@ -95,7 +104,8 @@ fn draw_seed_chart(report: &BenchReport, config: &ConfigResult, path: &Path) -> 
         .right_y_label_area_size(85)
         .build_cartesian_2d(0.5..n + 0.5, 0.0..mem_top)?
         .set_secondary_coord(0.5..n + 0.5, 0.0..time_top);
-    let int_label = |x: &f64| if (x - x.round()).abs() < 1e-6 { format!("{}", x.round() as i64) } else { String::new() };
+    let int_label =
+        |x: &f64| if (x - x.round()).abs() < 1e-6 { format!("{}", x.round() as i64) } else { String::new() };
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -147,13 +157,21 @@ fn draw_seed_chart(report: &BenchReport, config: &ConfigResult, path: &Path) -> 
 fn tick(y: f64) -> String {
     let s = format!("{y:.3}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".to_string() } else { s.to_string() }
+    if s == "-0" {
+        "0".to_string()
+    } else {
+        s.to_string()
+    }
 }
 
 /// A y-axis top leaving room above the tallest value (1 when there is none).
 fn top_of(values: impl Iterator<Item = f64>) -> f64 {
     let max = values.filter(|v| v.is_finite()).fold(0.0, f64::max);
-    if max > 0.0 { max * HEADROOM } else { 1.0 }
+    if max > 0.0 {
+        max * HEADROOM
+    } else {
+        1.0
+    }
 }
 
 /// One category of a comparison panel: our figure, the baseline's, and a ceiling line.
@@ -254,7 +272,11 @@ fn draw_header(area: &DrawingArea<BitMapBackend<'_>, Shift>, report: &BenchRepor
 }
 
 /// Legend entries side by side, centred, at pixel row `y`: a swatch (or a line) and its text.
-fn draw_legend_row(area: &DrawingArea<BitMapBackend<'_>, Shift>, entries: &[(String, RGBColor, bool)], y: i32) -> DrawResult {
+fn draw_legend_row(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    entries: &[(String, RGBColor, bool)],
+    y: i32,
+) -> DrawResult {
     let style = TextStyle::from((FONT, 18).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
     let widths: Vec<i32> = entries
         .iter()
@@ -282,7 +304,8 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, panel: &Panel, label
     // A ceiling far above the bars (a tiny model is launch-bound) would flatten them: it is
     // drawn only when within CEILING_SPAN x the tallest bar, and written as text otherwise.
     let ceiling_on_scale = |c: f64| tallest == 0.0 || c <= CEILING_SPAN * tallest;
-    let shown_ceiling = panel.groups.iter().filter_map(|g| g.ceiling).filter(|&c| ceiling_on_scale(c)).fold(0.0, f64::max);
+    let shown_ceiling =
+        panel.groups.iter().filter_map(|g| g.ceiling).filter(|&c| ceiling_on_scale(c)).fold(0.0, f64::max);
     let y_top = top_of([tallest, shown_ceiling / HEADROOM * 1.15].into_iter());
 
     let mut chart = ChartBuilder::on(area)
@@ -293,7 +316,11 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, panel: &Panel, label
         .build_cartesian_2d(-0.5..k - 0.5, 0.0..y_top)?;
     let category = |x: &f64| {
         let i = x.round();
-        if (x - i).abs() < 1e-6 && i >= 0.0 { labels.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+        if (x - i).abs() < 1e-6 && i >= 0.0 {
+            labels.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
     };
     chart
         .configure_mesh()
@@ -320,7 +347,11 @@ fn draw_panel(area: &DrawingArea<BitMapBackend<'_>, Shift>, panel: &Panel, label
     Ok(())
 }
 
-type PanelChart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>;
+type PanelChart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
 
 /// A bar at `x` of `width` for `stat`'s mean, a ±stddev error bar, and the mean written above.
 fn draw_bar(chart: &mut PanelChart<'_, '_>, x: f64, width: f64, stat: Option<Stat>, color: RGBColor) -> DrawResult {
@@ -345,7 +376,12 @@ fn draw_bar(chart: &mut PanelChart<'_, '_>, x: f64, width: f64, stat: Option<Sta
 fn draw_ceiling(chart: &mut PanelChart<'_, '_>, x: f64, ceiling: f64, on_scale: bool, y_top: f64) -> DrawResult {
     let style = TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom)).color(&WEIGHTS);
     if on_scale {
-        chart.draw_series(DashedLineSeries::new([(x - 0.45, ceiling), (x + 0.45, ceiling)], 8, 5, WEIGHTS.stroke_width(3)))?;
+        chart.draw_series(DashedLineSeries::new(
+            [(x - 0.45, ceiling), (x + 0.45, ceiling)],
+            8,
+            5,
+            WEIGHTS.stroke_width(3),
+        ))?;
         chart.draw_series([Text::new(format!("ceiling {}", num(ceiling)), (x, ceiling), style)])?;
     } else {
         let note = format!("ceiling {} (off scale)", num(ceiling));

@@ -109,7 +109,11 @@ pub(crate) mod tests {
             let rate = tok_s * (1.0 + 0.02 * r as f64 - 0.01 * p as f64) * if warmup { 0.5 } else { 1.0 };
             let ttft_s = 0.05 + 0.01 * p as f64;
             let total_s = ttft_s + (generated - 1) as f64 / rate;
-            let text = if k == 2 && p == 0 { NASTY.to_string() } else { format!("Answer {p}: the same words for all, then {quant}") };
+            let text = if k == 2 && p == 0 {
+                NASTY.to_string()
+            } else {
+                format!("Answer {p}: the same words for all, then {quant}")
+            };
             runs.push(RunRecord {
                 prompt_index: p,
                 run_index: r,
@@ -188,7 +192,15 @@ pub(crate) mod tests {
         let files = write_report(&dir, &report).unwrap();
         keep("full", &files);
         let names: Vec<String> = files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
-        let expected = ["results.json", "results.csv", "outputs.md", "seed-bf16.png", "seed-int8.png", "seed-nf4.png", "comparison.png"];
+        let expected = [
+            "results.json",
+            "results.csv",
+            "outputs.md",
+            "seed-bf16.png",
+            "seed-int8.png",
+            "seed-nf4.png",
+            "comparison.png",
+        ];
         assert_eq!(names, expected);
         for png in files.iter().filter(|f| f.extension().is_some_and(|e| e == "png")) {
             let bytes = std::fs::read(png).unwrap();
@@ -235,7 +247,16 @@ pub(crate) mod tests {
     fn table_shows_every_config_and_the_baseline() {
         let t = crate::table::render_table(&sample_report());
         println!("{t}");
-        for needle in ["| bf16 ", "| nf4 ", "nf4 (baseline)", "baseline: transformers 5.17 + bitsandbytes 0.50.2 on NVIDIA H200", "% of BW", "PPL", "±", "synthetic weights"] {
+        for needle in [
+            "| bf16 ",
+            "| nf4 ",
+            "nf4 (baseline)",
+            "baseline: transformers 5.17 + bitsandbytes 0.50.2 on NVIDIA H200",
+            "% of BW",
+            "PPL",
+            "±",
+            "synthetic weights",
+        ] {
             assert!(t.contains(needle), "missing `{needle}` in\n{t}");
         }
         let table_lines: Vec<&str> = t.lines().filter(|l| l.starts_with('|')).collect();
@@ -245,8 +266,10 @@ pub(crate) mod tests {
 
     /// A tiny CPU model: one run per prompt, no bandwidth, no baseline, one config failed.
     fn partial_report() -> BenchReport {
-        let plan = BenchPlan::new(vec!["Hello".into(), "Two words".into()], 1, 0, GenerationLimit::MaxNewTokens(16)).unwrap();
-        let device = DeviceInfo { name: "cpu (2 threads)".into(), memory_bandwidth_gbps: None, total_memory_bytes: None };
+        let plan =
+            BenchPlan::new(vec!["Hello".into(), "Two words".into()], 1, 0, GenerationLimit::MaxNewTokens(16)).unwrap();
+        let device =
+            DeviceInfo { name: "cpu (2 threads)".into(), memory_bandwidth_gbps: None, total_memory_bytes: None };
         let mut report = BenchReport::new("/work/shared/assets/models/peregrine-tiny-falcon/", device, &plan);
         let mut ok = sample_config(&plan, QuantKind::F32, 0.012, 350.0, 0);
         ok.ppl = None;

@@ -66,7 +66,9 @@ pub fn parse_quant_list(list: &str) -> Result<Vec<ConfigSpec>> {
     let mut specs: Vec<ConfigSpec> = Vec::new();
     for item in list.split(',').map(str::trim) {
         if item.is_empty() {
-            return Err(Error::input(format!("--quant `{list}`: empty entry; give a comma-separated list like bf16,nf4")));
+            return Err(Error::input(format!(
+                "--quant `{list}`: empty entry; give a comma-separated list like bf16,nf4"
+            )));
         }
         let quant: QuantKind = item.parse()?;
         if specs.iter().any(|s| s.quant == quant) {
@@ -330,7 +332,12 @@ mod tests {
         fn peak_memory_bytes(&self) -> u64 {
             self.peak
         }
-        fn generate(&mut self, prompt: &str, limit: GenerationLimit, on_token: &mut dyn FnMut(u32)) -> Result<Generation> {
+        fn generate(
+            &mut self,
+            prompt: &str,
+            limit: GenerationLimit,
+            on_token: &mut dyn FnMut(u32),
+        ) -> Result<Generation> {
             self.calls += 1;
             if self.fail_at_call == Some(self.calls) {
                 return Err(Error::device("out of memory allocating 1 GB"));
@@ -359,8 +366,9 @@ mod tests {
     #[test]
     fn matrix_records_every_run_with_measured_figures() {
         let specs = parse_quant_list("bf16, nf4").unwrap();
-        let results = run_matrix(&plan(), &specs, |s| Ok(Fake::new(if s.quant == QuantKind::Nf4 { GB } else { 4 * GB })))
-            .unwrap();
+        let results =
+            run_matrix(&plan(), &specs, |s| Ok(Fake::new(if s.quant == QuantKind::Nf4 { GB } else { 4 * GB })))
+                .unwrap();
         assert_eq!(results.len(), 2);
         let nf4 = &results[1];
         assert_eq!((nf4.label.as_str(), nf4.weight_bytes, nf4.error.as_ref()), ("nf4", GB, None));

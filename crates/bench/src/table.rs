@@ -37,12 +37,17 @@ pub fn stat_cell(stat: Option<Stat>, scale: f64) -> String {
 
 /// A small divergence keeps five decimals (KL of a good 4-bit model is ~0.01 nats or less).
 fn kl(x: f64) -> String {
-    if x.abs() < 0.1 { format!("{x:.5}") } else { num(x) }
+    if x.abs() < 0.1 {
+        format!("{x:.5}")
+    } else {
+        num(x)
+    }
 }
 
 /// Render `rows` under `header` as a markdown table; `right[i]` right-aligns column i.
 pub fn markdown_table(header: &[String], right: &[bool], rows: &[Vec<String>]) -> String {
-    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).chain([header[i].chars().count(), 3]).max().unwrap_or(3);
+    let width =
+        |i: usize| rows.iter().map(|r| r[i].chars().count()).chain([header[i].chars().count(), 3]).max().unwrap_or(3);
     let widths: Vec<usize> = (0..header.len()).map(width).collect();
     let line = |cells: &[String]| {
         let padded: Vec<String> = cells
@@ -86,7 +91,17 @@ pub fn render_table(report: &BenchReport) -> String {
 }
 
 fn header(cols: &Columns) -> (Vec<String>, Vec<bool>) {
-    let mut h = vec!["config", "weights GB", "load s", "peak mem GB", "time/prompt s", "TTFT ms", "decode tok/s", "e2e tok/s", "weights GB/s"];
+    let mut h = vec![
+        "config",
+        "weights GB",
+        "load s",
+        "peak mem GB",
+        "time/prompt s",
+        "TTFT ms",
+        "decode tok/s",
+        "e2e tok/s",
+        "weights GB/s",
+    ];
     if cols.bandwidth.is_some() {
         h.push("% of BW");
     }
@@ -111,7 +126,13 @@ fn config_row(c: &ConfigResult, cols: &Columns) -> Vec<String> {
     row
 }
 
-fn summary_row(label: &str, weight_bytes: Option<u64>, load_s: Option<f64>, s: &Summary, cols: &Columns) -> Vec<String> {
+fn summary_row(
+    label: &str,
+    weight_bytes: Option<u64>,
+    load_s: Option<f64>,
+    s: &Summary,
+    cols: &Columns,
+) -> Vec<String> {
     let weights = weight_bytes.filter(|&w| w > 0).map(|w| num(w as f64 / BYTES_PER_GB)).unwrap_or_else(|| "-".into());
     let mut row = vec![
         label.to_string(),
@@ -161,11 +182,15 @@ fn header_lines(r: &BenchReport) -> String {
 }
 
 fn footnotes(r: &BenchReport) -> String {
-    let mut out = String::from("\nmean ± sample stddev over measured runs; GB = 1e9 bytes; TTFT = prefill + first token;\n");
+    let mut out =
+        String::from("\nmean ± sample stddev over measured runs; GB = 1e9 bytes; TTFT = prefill + first token;\n");
     out.push_str("weights GB/s = resident weight bytes x decode tok/s\n");
     if let Some(b) = &r.baseline {
         let device = b.device.as_deref().map(|d| format!(" on {d}")).unwrap_or_default();
-        out.push_str(&format!("baseline: {}{device}; its tok/s is end to end when it did not time the first token\n", b.source));
+        out.push_str(&format!(
+            "baseline: {}{device}; its tok/s is end to end when it did not time the first token\n",
+            b.source
+        ));
     }
     if let Some(f) = &r.ppl_file {
         out.push_str(&format!("PPL and KL (nats, vs the reference configuration) over {f}\n"));
