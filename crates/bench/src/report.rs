@@ -301,4 +301,30 @@ pub(crate) mod tests {
         let md = std::fs::read_to_string(tmp.path().join(OUTPUTS_MD)).unwrap();
         assert!(md.contains("_No answer: load failed: nf4 needs a CUDA device._") && !md.contains("Synthetic"), "{md}");
     }
+
+    #[test]
+    fn plots_survive_edge_cases() {
+        // No configuration at all, and zero memory figures (a backend that does not track).
+        let tmp = tempfile::tempdir().unwrap();
+        let mut empty = partial_report();
+        empty.configs.clear();
+        assert!(write_report(&tmp.path().join("empty"), &empty).is_err()); // the directory is absent
+        std::fs::create_dir(tmp.path().join("empty")).unwrap();
+        write_report(&tmp.path().join("empty"), &empty).unwrap();
+        // Many runs: 6 prompts x 8 rounds on one chart.
+        let plan =
+            BenchPlan::new((0..6).map(|i| format!("prompt {i}")).collect(), 8, 2, GenerationLimit::MaxLength(100))
+                .unwrap();
+        let mut many = partial_report();
+        let mut c = sample_config(&plan, QuantKind::Fp4, 23.3, 11.0, 1);
+        c.runs.iter_mut().for_each(|r| r.peak_memory_bytes = 0);
+        c.resummarize();
+        many.prompts = plan.prompts.clone();
+        many.configs = vec![c];
+        let dir = tmp.path().join("many");
+        std::fs::create_dir(&dir).unwrap();
+        let files = write_report(&dir, &many).unwrap();
+        keep("many", &files);
+        assert_eq!(files.len(), 5);
+    }
 }

@@ -172,15 +172,20 @@ fn load_and_measure<T: BenchTarget, L: FnMut(&ConfigSpec) -> Result<T>>(
 }
 
 fn failed_to_load(spec: &ConfigSpec, e: &Error) -> ConfigResult {
+    ConfigResult { error: Some(format!("load failed: {e}")), ..empty_result(spec, 0, None) }
+}
+
+/// A result with no runs yet.
+fn empty_result(spec: &ConfigSpec, weight_bytes: u64, load_s: Option<f64>) -> ConfigResult {
     ConfigResult {
         label: spec.label.clone(),
         quant: spec.quant,
-        weight_bytes: 0,
-        load_s: None,
+        weight_bytes,
+        load_s,
         runs: Vec::new(),
         summary: Summary::default(),
         ppl: None,
-        error: Some(format!("load failed: {e}")),
+        error: None,
     }
 }
 
@@ -191,16 +196,7 @@ fn measure_with_bar<T: BenchTarget + ?Sized>(
     load_s: Option<f64>,
     bar: &ProgressBar,
 ) -> ConfigResult {
-    let mut result = ConfigResult {
-        label: spec.label.clone(),
-        quant: spec.quant,
-        weight_bytes: target.weight_bytes(),
-        load_s,
-        runs: Vec::new(),
-        summary: Summary::default(),
-        ppl: None,
-        error: None,
-    };
+    let mut result = empty_result(spec, target.weight_bytes(), load_s);
     for (prompt_index, run_index, warmup) in plan.schedule() {
         let label = call_label(plan, prompt_index, run_index, warmup);
         bar.set_message(label.clone());
@@ -234,7 +230,9 @@ fn measure_once<T: BenchTarget + ?Sized>(
     let generation = target.generate(prompt, plan.limit, &mut |_token| {
         first_token_s.get_or_insert_with(|| start.elapsed().as_secs_f64());
         streamed += 1;
-        bar.set_message(format!("{label}: {streamed} tokens"));
+        if !bar.is_hidden() {
+            bar.set_message(format!("{label}: {streamed} tokens"));
+        }
     })?;
     let total_s = start.elapsed().as_secs_f64();
     let peak_memory_bytes = target.peak_memory_bytes();
