@@ -14,6 +14,9 @@
 //     then lane = dims [l*HD/32, (l+1)*HD/32) for P.V with coalesced V rows. Writes unnormalised
 //     partials (o, max, sum) to f32 scratch (T, H, S, HD) and (T, H, S, 2).
 //   attention_combine_bf16(part_o, part_ml, out, H, Hd, S): grid (T, H); merges the S partials.
+//   attention_prefill_tc_bf16_hd{HD}: the prefill on tensor cores (mma.sync bf16, f32 accumulate;
+//     P rounded to bf16 before P.V as FlashAttention does). grid (ceil(T/64), H), 128 threads;
+//     dynamic smem = (64*(HD+8) + HD*72) * 2 bytes. See the comment above the kernel.
 // Assumptions: positions[t] < P (checked on the host); HD % 32 == 0.
 #include "prelude.cuh"
 
@@ -230,6 +233,163 @@ extern "C" __global__ void attention_combine_bf16(const float* __restrict__ part
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tensor-core prefill (FlashAttention-2 style) with mma.sync m16n8k16 bf16 -> f32 (sm_80+).
+// Block = 4 warps = 64 query rows of one head; warp w owns rows 16w..16w+15, its Q fragments
+// stay in registers. Per tile of 64 keys: K (row-major) and V^T go to shared memory (rows padded
+// by 8 elements: conflict-free fragment loads), S = Q K^T in registers, masked/scaled/ALiBi,
+// online softmax per row (a row's 64 scores live in one quad of lanes), then P (rounded to bf16,
+// reusing the S accumulator layout as the A operand) times V accumulates O in f32.
+// Fragment layout (PTX ISA, m16n8k16): g = lane / 4, c = lane % 4; A regs (row g | g+8,
+// k 2c..2c+1 | 2c+8..2c+9); B regs (k 2c..2c+1 | 2c+8..2c+9, n g); C (row g | g+8, n 2c, 2c+1).
+#define TC_ROWS 64
+#define TC_KEYS 64
+
+__device__ __forceinline__ void mma_bf16_16816(float* d, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<u32*>(&v);
+}
+
+__device__ __forceinline__ u32 ld_u32(const bf16* p) { return *reinterpret_cast<const u32*>(p); }
+
+template <int HD>
+__device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
+                                                const bf16* __restrict__ v_cache, const u32* __restrict__ positions,
+                                                const float* __restrict__ slopes, bf16* __restrict__ out, int T,
+                                                int n_head, int n_kv, int row_width, float scale) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    constexpr int LDK = HD + 8, LDV = TC_KEYS + 8;
+    bf16* Ks = reinterpret_cast<bf16*>(smem_raw);  // [TC_KEYS][LDK]
+    bf16* Vt = Ks + TC_KEYS * LDK;                 // [HD][LDV]
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, c = lane & 3;
+    const int h = blockIdx.y, qpk = n_head / n_kv, grp = h / qpk;
+    const int t0 = blockIdx.x * TC_ROWS;
+    const int ta = t0 + warp * 16 + g, tb = ta + 8;
+    const int q_off = (grp * (qpk + 2) + h % qpk) * HD;
+
+    u32 qa[HD / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ks++) {
+        const bf16* ra = qkv + (i64)ta * row_width + q_off + 16 * ks + 2 * c;
+        const bf16* rb = qkv + (i64)tb * row_width + q_off + 16 * ks + 2 * c;
+        qa[ks][0] = (ta < T) ? ld_u32(ra) : 0u;
+        qa[ks][1] = (tb < T) ? ld_u32(rb) : 0u;
+        qa[ks][2] = (ta < T) ? ld_u32(ra + 8) : 0u;
+        qa[ks][3] = (tb < T) ? ld_u32(rb + 8) : 0u;
+    }
+    const int pos_a = (ta < T) ? (int)positions[ta] : -1;
+    const int pos_b = (tb < T) ? (int)positions[tb] : -1;
+    int max_pos = -1;
+    for (int r = 0; r < TC_ROWS && t0 + r < T; r++) max_pos = max(max_pos, (int)positions[t0 + r]);
+    const float slope = (slopes != nullptr) ? slopes[h] : 0.f;
+
+    float m_a = NEG_INF, m_b = NEG_INF, l_a = 0.f, l_b = 0.f;
+    float o[HD / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < HD / 8; nt++) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
+
+    for (int k0 = 0; k0 <= max_pos; k0 += TC_KEYS) {
+        __syncthreads();  // the previous tile is no longer read
+        for (int e = tid; e < TC_KEYS * (HD / 8); e += blockDim.x) {
+            const int key = e / (HD / 8), c8 = (e % (HD / 8)) * 8, j = k0 + key;
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+            if (j <= max_pos) {  // slots past max_pos may hold garbage (even NaN): never read them
+                const i64 src = ((i64)j * n_kv + grp) * HD + c8;
+                kv = __ldg(reinterpret_cast<const uint4*>(k_cache + src));
+                vv = __ldg(reinterpret_cast<const uint4*>(v_cache + src));
+            }
+            *reinterpret_cast<uint4*>(Ks + key * LDK + c8) = kv;
+            const bf16* vp = reinterpret_cast<const bf16*>(&vv);
+#pragma unroll
+            for (int i = 0; i < 8; i++) Vt[(c8 + i) * LDV + key] = vp[i];
+        }
+        __syncthreads();
+
+        float s[TC_KEYS / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < TC_KEYS / 8; nt++) {
+            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+            const bf16* krow = Ks + (8 * nt + g) * LDK + 2 * c;
+#pragma unroll
+            for (int ks = 0; ks < HD / 16; ks++) mma_bf16_16816(s[nt], qa[ks], ld_u32(krow + 16 * ks), ld_u32(krow + 16 * ks + 8));
+        }
+        float mx_a = NEG_INF, mx_b = NEG_INF;
+#pragma unroll
+        for (int nt = 0; nt < TC_KEYS / 8; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int j = k0 + 8 * nt + 2 * c + (e & 1);
+                float v = s[nt][e];
+                v = (slopes != nullptr) ? (v + round_bf16(slope * (float)j)) * scale : v * scale;
+                const int pos = (e < 2) ? pos_a : pos_b;
+                s[nt][e] = (j <= pos) ? v : NEG_INF;
+            }
+            mx_a = fmaxf(mx_a, fmaxf(s[nt][0], s[nt][1]));
+            mx_b = fmaxf(mx_b, fmaxf(s[nt][2], s[nt][3]));
+        }
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(FULL_MASK, mx_a, 1));
+        mx_a = fmaxf(mx_a, __shfl_xor_sync(FULL_MASK, mx_a, 2));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(FULL_MASK, mx_b, 1));
+        mx_b = fmaxf(mx_b, __shfl_xor_sync(FULL_MASK, mx_b, 2));
+        const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+        const float use_a = (mn_a == NEG_INF) ? 0.f : mn_a, use_b = (mn_b == NEG_INF) ? 0.f : mn_b;
+        const float corr_a = expf(m_a - use_a), corr_b = expf(m_b - use_b);
+        float sum_a = 0.f, sum_b = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < TC_KEYS / 8; nt++) {
+            s[nt][0] = expf(s[nt][0] - use_a);
+            s[nt][1] = expf(s[nt][1] - use_a);
+            s[nt][2] = expf(s[nt][2] - use_b);
+            s[nt][3] = expf(s[nt][3] - use_b);
+            sum_a += s[nt][0] + s[nt][1];
+            sum_b += s[nt][2] + s[nt][3];
+        }
+        sum_a += __shfl_xor_sync(FULL_MASK, sum_a, 1);
+        sum_a += __shfl_xor_sync(FULL_MASK, sum_a, 2);
+        sum_b += __shfl_xor_sync(FULL_MASK, sum_b, 1);
+        sum_b += __shfl_xor_sync(FULL_MASK, sum_b, 2);
+        l_a = l_a * corr_a + sum_a;
+        l_b = l_b * corr_b + sum_b;
+#pragma unroll
+        for (int nt = 0; nt < HD / 8; nt++) {
+            o[nt][0] *= corr_a;
+            o[nt][1] *= corr_a;
+            o[nt][2] *= corr_b;
+            o[nt][3] *= corr_b;
+        }
+#pragma unroll
+        for (int kk = 0; kk < TC_KEYS / 16; kk++) {
+            u32 pa[4];
+            pa[0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+            pa[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+            pa[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            pa[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int nt = 0; nt < HD / 8; nt++) {
+                const bf16* vrow = Vt + (8 * nt + g) * LDV + 16 * kk + 2 * c;
+                mma_bf16_16816(o[nt], pa, ld_u32(vrow), ld_u32(vrow + 8));
+            }
+        }
+        m_a = mn_a;
+        m_b = mn_b;
+    }
+    const float inv_a = 1.0f / l_a, inv_b = 1.0f / l_b;
+#pragma unroll
+    for (int nt = 0; nt < HD / 8; nt++) {
+        const int d = h * HD + 8 * nt + 2 * c;
+        if (ta < T) *reinterpret_cast<__nv_bfloat162*>(out + (i64)ta * n_head * HD + d) = __floats2bfloat162_rn(o[nt][0] * inv_a, o[nt][1] * inv_a);
+        if (tb < T) *reinterpret_cast<__nv_bfloat162*>(out + (i64)tb * n_head * HD + d) = __floats2bfloat162_rn(o[nt][2] * inv_b, o[nt][3] * inv_b);
+    }
+}
+
 #define ATTENTION_KERNELS(HD)                                                                              \
     extern "C" __global__ void __launch_bounds__(PF_THREADS) attention_prefill_bf16_hd##HD(              \
         const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const u32* positions, const float* slopes, \
@@ -240,6 +400,11 @@ extern "C" __global__ void attention_combine_bf16(const float* __restrict__ part
         const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const u32* positions, const float* slopes, \
         float* part_o, float* part_ml, int n_head, int n_kv, int row_width, float scale) {                 \
         decode_body<HD>(qkv, k_cache, v_cache, positions, slopes, part_o, part_ml, n_head, n_kv, row_width, scale); \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(128) attention_prefill_tc_bf16_hd##HD(                    \
+        const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const u32* positions, const float* slopes, \
+        bf16* out, int T, int n_head, int n_kv, int row_width, float scale) {                              \
+        prefill_tc_body<HD>(qkv, k_cache, v_cache, positions, slopes, out, T, n_head, n_kv, row_width, scale); \
     }
 
 ATTENTION_KERNELS(64)

@@ -4,10 +4,10 @@
 // checkpoint, then quantized with bitsandbytes semantics where asked.
 // Kernels:
 //   fill_normal_bf16(out, n, seed, mean, std): thread per element, grid-stride.
-//   random_quant4(packed, absmax (blocks), code (16), n, blocksize, seed, std): thread per block
+//   random_quant4(packed, absmax (blocks), code (16), n, blocksize, seed, std, fp4): thread per block
 //     of `blocksize` weights: pass 1 absmax = max |w|, pass 2 regenerates each w and stores the
 //     index of the nearest code to w * (1 / absmax) (ties as bitsandbytes: same sign, then smaller
-//     magnitude), two per
+//     magnitude; FP4 takes its sign bit from w < 0 as bitsandbytes does), two per
 //     byte, first element in the high nibble. An all-zero block stores the code nearest 0.
 //   absmax_sum(absmax, blocks, out (1) f64): warp sums in f64, one atomicAdd per warp (the mean
 //     is then cast to f32, so the order of the f64 additions does not show).
@@ -50,8 +50,16 @@ __device__ __forceinline__ int nearest_code(const float* lut, int len, float v) 
     return best;
 }
 
+/// The 4-bit code of a normalised value v. FP4 (`fp4` != 0) is sign-magnitude like bitsandbytes'
+/// dQuantizeFP4: the sign bit from v < 0, the magnitude nearest |v| among codes 0..7. NF4: nearest.
+__device__ __forceinline__ int quant4_code(const float* lut, int fp4, float v) {
+    if (fp4) return (v < 0.f ? 8 : 0) + nearest_code(lut, 8, fabsf(v));
+    return nearest_code(lut, 16, v);
+}
+
 extern "C" __global__ void random_quant4(u8* __restrict__ packed, float* __restrict__ absmax,
-                                         const float* __restrict__ code, i64 n, int blocksize, u64 seed, float std) {
+                                         const float* __restrict__ code, i64 n, int blocksize, u64 seed, float std,
+                                         int fp4) {
     __shared__ float lut[16];
     if (threadIdx.x < 16) lut[threadIdx.x] = code[threadIdx.x];
     __syncthreads();
@@ -63,9 +71,9 @@ extern "C" __global__ void random_quant4(u8* __restrict__ packed, float* __restr
         absmax[b] = m;
         const float inv = (m > 0.f) ? 1.0f / m : 0.f;
         for (i64 i = begin; i < end; i += 2) {
-            const int hi = nearest_code(lut, 16, synth(seed, (u64)i, 0.f, std) * inv);
-            const int lo = (i + 1 < end) ? nearest_code(lut, 16, synth(seed, (u64)(i + 1), 0.f, std) * inv)
-                                         : nearest_code(lut, 16, 0.f);
+            const int hi = quant4_code(lut, fp4, synth(seed, (u64)i, 0.f, std) * inv);
+            const int lo = (i + 1 < end) ? quant4_code(lut, fp4, synth(seed, (u64)(i + 1), 0.f, std) * inv)
+                                         : quant4_code(lut, fp4, 0.f);
             packed[i >> 1] = (u8)((hi << 4) | lo);
         }
     }

@@ -30,9 +30,20 @@ pub const DECODE_SPLIT: usize = 256;
 /// Head dims the attention kernels are instantiated for (kernels/attention.cu).
 pub const ATTENTION_HEAD_DIMS: [usize; 2] = [64, 128];
 
+/// Which kernel runs attention for more than DECODE_MAX_ROWS query rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefillAttention {
+    /// mma.sync bf16 tensor cores (FlashAttention-2 style); P rounded to bf16 before P.V.
+    TensorCore,
+    /// f32 CUDA cores throughout (slower; the first version, kept as a reference).
+    Simt,
+}
+
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     dev: Device,
+    /// PrefillAttention as a flag (true = TensorCore), switchable at run time for tests.
+    tc_prefill: std::sync::atomic::AtomicBool,
 }
 
 fn check_len(op: &str, what: &str, have: usize, need: usize) -> Result<()> {
@@ -51,7 +62,20 @@ impl CudaBackend {
     /// Open GPU `ordinal`. One clear `Error::Device` line when there is no driver, no such GPU,
     /// no NVRTC or no cuBLAS.
     pub fn new(ordinal: usize) -> Result<Self> {
-        Ok(CudaBackend { dev: Device::new(ordinal)? })
+        Ok(CudaBackend { dev: Device::new(ordinal)?, tc_prefill: std::sync::atomic::AtomicBool::new(true) })
+    }
+
+    /// Choose the prefill attention kernel (default: tensor cores).
+    pub fn set_prefill_attention(&self, kind: PrefillAttention) {
+        self.tc_prefill.store(kind == PrefillAttention::TensorCore, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn prefill_attention(&self) -> PrefillAttention {
+        if self.tc_prefill.load(std::sync::atomic::Ordering::Relaxed) {
+            PrefillAttention::TensorCore
+        } else {
+            PrefillAttention::Simt
+        }
     }
 
     /// The device (context, stream, kernels), for launchers outside the trait.
@@ -270,6 +294,13 @@ impl Backend for CudaBackend {
                 let a = Args::new().ptr(part_o.ptr()).ptr(part_ml.ptr()).ptr(out.ptr()).i32(l.n_head as i32).i32(hd as i32).i32(splits as i32);
                 self.dev.launch("attention", "attention_combine_bf16", Grid::new((t as u32, l.n_head as u32, 1), hd as u32), a)
             }
+        } else if self.prefill_attention() == PrefillAttention::TensorCore {
+            let name = if hd == 64 { "attention_prefill_tc_bf16_hd64" } else { "attention_prefill_tc_bf16_hd128" };
+            let smem = ((64 * (hd + 8) + hd * 72) * 2) as u32;
+            let a = a.ptr(out.ptr()).i32(t as i32).i32(l.n_head as i32).i32(l.n_kv as i32).i32(l.row_width() as i32).f32(params.scale);
+            let g = Grid::new((t.div_ceil(64) as u32, l.n_head as u32, 1), 128).with_smem(smem);
+            // SAFETY: every length and position checked above.
+            unsafe { self.dev.launch("attention", name, g, a) }
         } else {
             let name = if hd == 64 { "attention_prefill_bf16_hd64" } else { "attention_prefill_bf16_hd128" };
             let smem = (3 * 32 * (hd + 1) * 4) as u32;

@@ -19,7 +19,7 @@ pub mod nvrtc;
 pub mod synthetic;
 
 pub use alloc::{DeviceBuffer, MemTracker};
-pub use backend::{CudaBackend, CudaBuf};
+pub use backend::{CudaBackend, CudaBuf, PrefillAttention};
 pub use device::driver_available;
 pub use linear::{CudaLinear, DeviceAbsmax};
 pub use synthetic::SyntheticOptions;

@@ -60,6 +60,10 @@ pub fn compile_options(arch: u32, include: Option<&Path>) -> Vec<String> {
     if let Some(dir) = include {
         opts.push(format!("--include-path={}", dir.display()));
     }
+    // Registers, shared memory and spills per kernel in NVRTC's log (for the notes).
+    if std::env::var_os("PEREGRINE_NVRTC_VERBOSE").is_some() {
+        opts.push("--ptxas-options=-v".to_string());
+    }
     opts
 }
 

@@ -80,7 +80,8 @@ fn random_four_bit(dev: &Device, format: FourBitFormat, n: usize, k: usize, std:
     let packed = dev.alloc_uninit::<u8>(total / 2)?;
     let absmax = dev.alloc_uninit::<f32>(blocks)?;
     let g = Grid::new((dev.blocks_for(blocks, 128), 1, 1), 128);
-    let a = Args::new().ptr(packed.ptr()).ptr(absmax.ptr()).ptr(code.ptr()).i64(total as i64).i32(bs as i32).u64(seed).f32(std);
+    let fp4 = matches!(format, FourBitFormat::Fp4) as i32;
+    let a = Args::new().ptr(packed.ptr()).ptr(absmax.ptr()).ptr(code.ptr()).i64(total as i64).i32(bs as i32).u64(seed).f32(std).i32(fp4);
     // SAFETY: packed holds total/2 bytes, absmax `blocks` floats, code 16.
     unsafe { dev.launch("random", "random_quant4", g, a)? };
     let absmax = if opts.double_quant && blocks > 0 { double_quantize(dev, absmax, blocks)? } else { DeviceAbsmax::Plain(absmax) };

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use peregrine_core::{AttentionParams, Backend, LayerKv, LinearWeight, QkvLayout, RotaryParams};
-use peregrine_cuda::CudaBackend;
+use peregrine_cuda::{CudaBackend, PrefillAttention};
 
 #[test]
 fn no_gpu_means_a_clear_error_not_a_panic() {
@@ -161,15 +161,19 @@ fn rotary_append_attention_match_cpu() {
     let Some(gpu) = cuda("rotary_append_attention_match_cpu") else { return };
     let rope = RotaryParams { theta: 10000.0, position_scale: 1.0 };
     let gqa = QkvLayout { n_head: 8, n_kv: 2, head_dim: 64 };
-    attention_case(&gpu, "GQA 8q/2kv hd64 rope", gqa, false, Some(rope), &steps(), 10);
     let mqa = QkvLayout { n_head: 8, n_kv: 1, head_dim: 128 };
-    attention_case(&gpu, "MQA 8q/1kv hd128 rope/2", mqa, false, Some(RotaryParams { theta: 500000.0, position_scale: 2.0 }), &steps(), 11);
     let mha = QkvLayout { n_head: 4, n_kv: 4, head_dim: 64 };
-    attention_case(&gpu, "MHA 4 heads hd64 alibi", mha, true, None, &steps(), 12);
     // Long enough for several decode splits (256 keys each) and several prefill key tiles.
-    let long = vec![(0..300).collect(), vec![300], (301..304).collect(), (304..620).collect(), vec![620]];
-    attention_case(&gpu, "GQA 8q/2kv hd64 rope long", gqa, false, Some(rope), &long, 13);
-    attention_case(&gpu, "MHA 4 heads hd128 alibi long", QkvLayout { n_head: 4, n_kv: 4, head_dim: 128 }, true, None, &long, 14);
+    let long: Vec<Vec<u32>> = vec![(0..300).collect(), vec![300], (301..304).collect(), (304..620).collect(), vec![620]];
+    for kind in [PrefillAttention::TensorCore, PrefillAttention::Simt] {
+        gpu.set_prefill_attention(kind);
+        let k = format!("{kind:?}");
+        attention_case(&gpu, &format!("{k} GQA 8q/2kv hd64 rope"), gqa, false, Some(rope), &steps(), 10);
+        attention_case(&gpu, &format!("{k} MQA 8q/1kv hd128 rope/2"), mqa, false, Some(RotaryParams { theta: 500000.0, position_scale: 2.0 }), &steps(), 11);
+        attention_case(&gpu, &format!("{k} MHA 4 heads hd64 alibi"), mha, true, None, &steps(), 12);
+        attention_case(&gpu, &format!("{k} GQA 8q/2kv hd64 rope long"), gqa, false, Some(rope), &long, 13);
+        attention_case(&gpu, &format!("{k} MHA 4 heads hd128 alibi long"), QkvLayout { n_head: 4, n_kv: 4, head_dim: 128 }, true, None, &long, 14);
+    }
 }
 
 #[test]
