@@ -4,6 +4,8 @@
 //! constants, in the same order as bitsandbytes' kernels (`dQuantizeNF4`, `dQuantizeFP4`,
 //! and the 7-step binary search `dQuantize<0>` for the 8-bit dynamic map), not by a
 //! nearest-value search: the two disagree at ties, for NaN, and at the ends of the 8-bit map.
+//! The decimal constants are copied digit for digit so that they round to the same f32.
+#![allow(clippy::excessive_precision)]
 
 /// NF4 values (`get_4bit_type("nf4")`, also the CUDA dequantization table), index = code.
 pub const NF4_CODE: [f32; 16] = [

@@ -80,7 +80,7 @@ impl BnbConfig {
     pub fn parse(qc: &Value, path: &Path) -> Result<Self> {
         let field = |name: &str| format!("quantization_config.{name}");
         let err = |name: &str, msg: String| Error::config(path, field(name), msg);
-        let get = |name: &str| qc.get(name).or_else(|| qc.get(&format!("_{name}"))).filter(|v| !v.is_null());
+        let get = |name: &str| qc.get(name).or_else(|| qc.get(format!("_{name}"))).filter(|v| !v.is_null());
         let flag = |name: &str| -> Result<bool> {
             get(name).map_or(Ok(false), |v| v.as_bool().ok_or_else(|| err(name, format!("expected true or false, found {v}"))))
         };

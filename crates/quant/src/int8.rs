@@ -12,6 +12,7 @@ use crate::fastmath::{fdividef, float2int_rn};
 use half::f16;
 
 /// `int8_vectorwise_dequant`'s constant: `7.874015718698502e-3` as an f32 (1/127).
+#[allow(clippy::excessive_precision)] // bitsandbytes' literal, digit for digit
 pub const INV_127: f32 = 7.874_015_718_698_502e-3;
 
 /// `kdequant_mm_int32_fp16`'s `MM_DEQUANT_CONST` (about 1/127^2).

@@ -13,9 +13,17 @@
 //! - `dequantize` gives the f32 values bitsandbytes' dequantization computes before its
 //!   cast to the compute dtype; `matmul` is the CPU reference (`matmul` module doc).
 //!
+//! Bit-exactness needs the GPU's arithmetic, emulated in `fastmath`: bitsandbytes' kernels
+//! are built with `--use_fast_math`, so `1/absmax` and `127/absmax` use `MUFU.RCP`, which
+//! is not correctly rounded (reproduced from a table measured on an H200), subnormals
+//! flush to zero, and the double-quantization offset is torch's CUDA `mean` with its own
+//! summation order. All of it is checked against real bitsandbytes output (tests/).
+//!
 //! Module map: `codebooks` (code books, code selection), `fastmath` (the GPU arithmetic
 //! emulated), `blockwise` (4-bit and 8-bit blockwise), `int8` (LLM.int8 row quantization),
 //! `matmul` (reference matmuls), `bnb` (checkpoint tensors), `config` (`quantization_config`).
+//! `LinearWeight::stored_bytes` (core) is the resident size of every format as bitsandbytes
+//! keeps it (codes, scales, maps and offset), so this crate adds no `resident_bytes`.
 
 pub mod blockwise;
 pub mod bnb;
@@ -59,9 +67,9 @@ const VALID_BLOCKSIZES: [usize; 8] = [32, 64, 128, 256, 512, 1024, 2048, 4096];
 /// Quantize a (N, K) float weight to `kind`: a dense cast for f32/f16/bf16, otherwise the
 /// bitsandbytes result, bit for bit.
 pub fn quantize_linear(w: &HostTensor, kind: QuantKind, opts: &QuantOptions) -> Result<LinearWeight> {
-    if !w.dtype.is_float() || w.shape.len() != 2 {
+    if !w.dtype.is_float() || w.shape.len() != 2 || w.numel() == 0 {
         return Err(Error::input(format!(
-            "quantize_linear needs a 2-D float weight, got {} {:?}",
+            "quantize_linear needs a non-empty 2-D float weight, got {} {:?}",
             w.dtype, w.shape
         )));
     }
