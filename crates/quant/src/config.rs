@@ -21,7 +21,8 @@ pub struct BnbConfig {
     pub double_quant: bool,
     /// `bnb_4bit_compute_dtype`: the dtype bitsandbytes multiplies 4-bit weights in.
     pub compute_dtype: DType,
-    /// `llm_int8_threshold` (0 keeps int8 activations but has no outlier columns).
+    /// `llm_int8_threshold` (0: bitsandbytes keeps int8 activations without outlier columns;
+    /// Peregrine runs such weights weight-only, see `options`).
     pub llm_int8_threshold: f64,
     /// `llm_int8_skip_modules`: module names left unquantized (None = transformers' default).
     pub skip_modules: Option<Vec<String>>,
@@ -44,7 +45,7 @@ impl BnbConfig {
             kind,
             double_quant: opts.double_quant,
             compute_dtype,
-            // transformers cannot express weight-only int8 (`None`): it becomes threshold 0.
+            // Weight-only int8 (`None`) is written as threshold 0, the closest transformers has.
             llm_int8_threshold: opts.int8_threshold.map_or(0.0, f64::from),
             skip_modules: None,
         })
@@ -54,8 +55,8 @@ impl BnbConfig {
     pub fn options(&self) -> QuantOptions {
         QuantOptions {
             double_quant: self.double_quant,
-            // bitsandbytes' threshold 0 still quantizes activations to int8 (no outliers).
-            int8_threshold: Some(self.llm_int8_threshold as f32),
+            // bitsandbytes' threshold 0 (int8 activations, no outliers) runs weight-only here.
+            int8_threshold: (self.llm_int8_threshold > 0.0).then_some(self.llm_int8_threshold as f32),
             ..QuantOptions::default()
         }
     }

@@ -35,7 +35,7 @@ pub mod matmul;
 
 pub use bnb::{bnb_linear_tensors, read_bnb_linear};
 pub use config::BnbConfig;
-pub use matmul::matmul;
+pub use matmul::{int8_mixed_matmul, matmul};
 
 use peregrine_core::{Absmax, DType, Error, FourBitFormat, FourBitWeight, HostTensor, Int8Weight, LinearWeight, QuantKind, Result};
 
@@ -48,9 +48,9 @@ pub struct QuantOptions {
     pub double_quant: bool,
     /// Block size of that second quantization. Default 256 (fixed in bitsandbytes).
     pub nested_blocksize: usize,
-    /// LLM.int8 outlier threshold for int8 matmuls (`Int8Weight::threshold`): `None` =
-    /// weight-only int8 (f32 activations), `Some(t)` = bitsandbytes' int8 activations with
-    /// outlier columns at |x| >= t (none for t <= 0). Default `Some(6.0)`, transformers'
+    /// LLM.int8 outlier threshold for int8 matmuls (`Int8Weight::threshold`): `None` (or
+    /// `t <= 0`) = weight-only int8 (f32 activations), `Some(t)` = bitsandbytes' int8
+    /// activations with outlier columns at |x| >= t. Default `Some(6.0)`, transformers'
     /// `llm_int8_threshold`.
     pub int8_threshold: Option<f32>,
 }

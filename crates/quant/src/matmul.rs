@@ -9,10 +9,11 @@
 //! multiplies them with the `gemm` crate, so 4-bit and int8 weights cost one decode per
 //! call and no (N, K) f32 copy is ever materialised.
 //!
-//! Int8 weights with `threshold: None` are weight-only: `(CB * SCB) * (1/127)` in f32, then
-//! an f32 matmul. With `Some(t)` this follows bitsandbytes 0.50's `MatMul8bitLt.forward` /
-//! `int8_mixed_scaled_mm` on CUDA (`t <= 0` is bitsandbytes' `threshold=0.0`: int8
-//! activations with no outlier columns):
+//! Int8 weights with `threshold: None` (or `Some(t)` with `t <= 0`, as in the CUDA backend)
+//! are weight-only: `(CB * SCB) * (1/127)` in f32, then an f32 matmul. With `Some(t)`,
+//! `t > 0`, `matmul` runs `int8_mixed_matmul`, which follows bitsandbytes 0.50's
+//! `MatMul8bitLt.forward` / `int8_mixed_scaled_mm` on CUDA (called directly with `t <= 0` it
+//! is bitsandbytes' `threshold=0.0`: int8 activations with no outlier columns):
 //! 1. x is rounded to f16; columns holding any |x| >= t are outlier columns.
 //! 2. Row-wise int8 quantization of x (`crate::int8::quantize_rows`): per-row absmax over
 //!    the values below t, codes `round_half_even(x * 127/absmax)` with bitsandbytes'
@@ -51,7 +52,9 @@ pub fn matmul(x: &[f32], rows: usize, w: &LinearWeight, out: &mut [f32]) -> Resu
         return Ok(());
     }
     match w {
-        LinearWeight::Int8(q) if q.threshold.is_some() => int8_mixed(x, rows, q, out),
+        LinearWeight::Int8(q) if q.threshold.is_some_and(|t| t > 0.0) => {
+            int8_mixed_matmul(x, rows, q, q.threshold.unwrap_or(0.0), out)
+        }
         LinearWeight::Int8(q) => float_matmul(x, rows, n, k, out, |r0, buf| decode_int8_rows(q, r0, buf)),
         LinearWeight::FourBit(q) => {
             let absmax = restore_absmax(&q.absmax);
@@ -177,10 +180,13 @@ fn decode_4bit_rows(q: &FourBitWeight, absmax: &[f32], r0: usize, buf: &mut [f32
     dequantize_4bit_range(&q.packed, absmax, q.blocksize, q.format, r0 * q.cols, buf);
 }
 
-/// LLM.int8 mixed decomposition (module doc, steps 1-4).
-fn int8_mixed(x: &[f32], rows: usize, q: &Int8Weight, out: &mut [f32]) {
+/// bitsandbytes' LLM.int8 matmul with outlier threshold `threshold` (module doc, steps
+/// 1-4; `threshold <= 0`: int8 activations without outlier columns), whatever
+/// `q.threshold` says. `x` is (rows, K), `out` (rows, N); the caller checks the lengths.
+pub fn int8_mixed_matmul(x: &[f32], rows: usize, q: &Int8Weight, threshold: f32, out: &mut [f32]) {
     let (n, k) = (q.rows, q.cols);
-    let xq = quantize_rows(x, rows, k, q.threshold);
+    assert!(x.len() == rows * k && out.len() == rows * n, "int8_mixed_matmul: shapes");
+    let xq = quantize_rows(x, rows, k, Some(threshold));
     let codes: Vec<f64> = xq.codes.iter().map(|&c| c as f64).collect();
     let outliers = &xq.outlier_cols;
     let per = rows_per_chunk(k);

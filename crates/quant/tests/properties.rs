@@ -249,7 +249,7 @@ fn bnb_config_defaults_writes_and_errors() {
     assert!(BnbConfig::new(QuantKind::Nf4, &QuantOptions { blocksize: 128, ..Default::default() }, DType::BF16).is_err());
 
     let private_keys = serde_json::json!({ "_load_in_8bit": true, "llm_int8_threshold": 0.0 });
-    assert_eq!(BnbConfig::parse(&private_keys, p).unwrap().options().int8_threshold, Some(0.0));
+    assert_eq!(BnbConfig::parse(&private_keys, p).unwrap().options().int8_threshold, None);
     for (bad, field) in [
         (serde_json::json!({ "load_in_4bit": true, "load_in_8bit": true }), "load_in_4bit"),
         (serde_json::json!({ "load_in_4bit": true, "bnb_4bit_quant_type": "int4" }), "bnb_4bit_quant_type"),

@@ -7,7 +7,9 @@ mod common;
 
 use common::load_safetensors;
 use peregrine_core::{dtype, DType, HostTensor, LinearWeight, QuantKind};
-use peregrine_quant::{blockwise, bnb_linear_tensors, dequantize, int8, matmul, quantize_linear, QuantOptions};
+use peregrine_quant::{
+    blockwise, bnb_linear_tensors, dequantize, int8, int8_mixed_matmul, matmul, quantize_linear, QuantOptions,
+};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -107,8 +109,8 @@ fn check_int8_matmul(t: &BTreeMap<String, HostTensor>, name: &str, failures: &mu
     let x = &t["x"];
     let (rows, k) = (x.shape[0], x.shape[1]);
     for (tag, threshold) in [("threshold6", 6.0f32), ("threshold0", 0.0)] {
-        let opts = QuantOptions { int8_threshold: Some(threshold), ..Default::default() };
-        let w = quantize_linear(&t["input"], QuantKind::Int8, &opts).unwrap();
+        let w = quantize_linear(&t["input"], QuantKind::Int8, &QuantOptions::default()).unwrap();
+        let LinearWeight::Int8(q) = &w else { unreachable!() };
         let xq = int8::quantize_rows(&x.to_f32(), rows, k, Some(threshold));
         if xq.codes.iter().map(|&v| v as u8).collect::<Vec<_>>() != t[&format!("CA_{tag}")].bytes {
             failures.push(format!("{name}: CA_{tag} differs"));
@@ -116,7 +118,13 @@ fn check_int8_matmul(t: &BTreeMap<String, HostTensor>, name: &str, failures: &mu
         if xq.stats.iter().map(|v| v.to_bits()).collect::<Vec<_>>() != f32_bits(&t[&format!("SCA_{tag}")]) {
             failures.push(format!("{name}: SCA_{tag} differs"));
         }
-        let y = run_matmul(x, &w);
+        let mut y = vec![0.0f32; rows * q.rows];
+        int8_mixed_matmul(&x.to_f32(), rows, q, threshold, &mut y);
+        if threshold > 0.0 {
+            let mut via_matmul = vec![0.0f32; rows * q.rows];
+            matmul(&x.to_f32(), rows, &w, &mut via_matmul).unwrap();
+            assert_eq!(via_matmul, y, "matmul with Some({threshold}) runs int8_mixed_matmul");
+        }
         let err = rel_err(&y, &t[&format!("y_{tag}")].to_f32());
         println!("{name} {tag}: matmul max |ours - bnb| / max |bnb| = {err:.2e} (tolerance {INT8_MATMUL_REL_TOL:.0e})");
         if err > INT8_MATMUL_REL_TOL {
