@@ -1,6 +1,6 @@
 //! Times the CPU reference matmul for each weight format on one Falcon-7B-sized linear
 //! (4544 x 4544), for a decode step (T = 1) and a short prefill (T = 32), and prints the
-//! achieved weight bandwidth. Run: `cargo run --release -p peregrine-quant --example matmul_speed`.
+//! achieved weight bandwidth, and the time to quantize it. Run: `cargo run --release -p peregrine-quant --example matmul_speed`.
 
 use peregrine_core::{HostTensor, QuantKind};
 use peregrine_quant::{matmul, quantize_linear, QuantOptions};
@@ -22,15 +22,10 @@ fn main() {
             if threshold.is_some() && kind != QuantKind::Int8 {
                 continue;
             }
-            let q = quantize_linear(
-                &w,
-                kind,
-                &QuantOptions {
-                    int8_threshold: threshold,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let t0 = Instant::now();
+            let opts = QuantOptions { int8_threshold: threshold, ..Default::default() };
+            let q = quantize_linear(&w, kind, &opts).unwrap();
+            println!("{kind}{label:5} quantize_linear: {:8.2} ms", t0.elapsed().as_secs_f64() * 1e3);
             for rows in [1usize, 32] {
                 let x: Vec<f32> = (0..rows * k).map(|_| next()).collect();
                 let mut out = vec![0.0f32; rows * n];

@@ -12,37 +12,45 @@
 use crate::codebooks::{dynamic_map, nf4_value, fp4_value, quantize_dynamic, quantize_fp4, quantize_nf4};
 use crate::fastmath::{abs_ftz, mul_ftz, rcp, torch_mean};
 use peregrine_core::{Absmax, FourBitFormat};
+use rayon::prelude::*;
 
 /// Per-block absmax as `kQuantizeBlockwise` computes it: `fmaxf` over `fabsf` of the
 /// block's values (a partial last block is padded with zeros, which cannot raise it).
 pub fn block_absmax(values: &[f32], blocksize: usize) -> Vec<f32> {
-    values.chunks(blocksize).map(|block| block.iter().fold(0.0f32, |m, &v| m.max(abs_ftz(v)))).collect()
+    values
+        .par_chunks(blocksize)
+        .with_min_len(MIN_BLOCKS_PER_TASK)
+        .map(|block| block.iter().fold(0.0f32, |m, &v| m.max(abs_ftz(v))))
+        .collect()
 }
+
+/// Blocks per unit of parallel work (rayon).
+const MIN_BLOCKS_PER_TASK: usize = 256;
 
 /// Quantize `values` (n,) to packed 4-bit codes ((n+1)/2 bytes, first element in the high
 /// nibble) and per-block absmax (B,). An odd n gets a final low nibble that encodes 0.0,
-/// exactly as the kernel's zero padding does.
+/// exactly as the kernel's zero padding does. `blocksize` must be even.
 pub fn quantize_4bit(values: &[f32], blocksize: usize, format: FourBitFormat) -> (Vec<u8>, Vec<f32>) {
+    assert!(blocksize % 2 == 0, "4-bit blocks hold whole bytes");
     let absmax = block_absmax(values, blocksize);
     let quantize: fn(f32) -> u8 = match format {
         FourBitFormat::Nf4 => quantize_nf4,
         FourBitFormat::Fp4 => quantize_fp4,
     };
     let mut packed = vec![0u8; values.len().div_ceil(2)];
-    for (b, block) in values.chunks(blocksize).enumerate() {
-        let inv = rcp(absmax[b]);
-        let base = b * blocksize;
-        for (j, &v) in block.iter().enumerate() {
-            let code = quantize(mul_ftz(v, inv));
-            let i = base + j;
-            packed[i / 2] |= if i & 1 == 0 { code << 4 } else { code };
-        }
-        if block.len() % 2 == 1 {
-            // The kernel loads the missing partner of the last element as 0.0.
-            let i = base + block.len();
-            packed[i / 2] |= quantize(mul_ftz(0.0, inv));
-        }
-    }
+    packed
+        .par_chunks_mut(blocksize / 2)
+        .zip(values.par_chunks(blocksize))
+        .zip(absmax.par_iter())
+        .with_min_len(MIN_BLOCKS_PER_TASK)
+        .for_each(|((bytes, block), &absmax)| {
+            let inv = rcp(absmax);
+            let code = |v: f32| quantize(mul_ftz(v, inv));
+            for (byte, pair) in bytes.iter_mut().zip(block.chunks(2)) {
+                // The kernel loads the missing partner of an odd last element as 0.0.
+                *byte = (code(pair[0]) << 4) | code(pair.get(1).copied().unwrap_or(0.0));
+            }
+        });
     (packed, absmax)
 }
 

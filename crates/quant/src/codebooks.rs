@@ -62,10 +62,51 @@ pub fn nf4_value(code: u8) -> f32 {
     NF4_CODE[(code & 0xF) as usize]
 }
 
-/// `dQuantizeNF4`: the code for `x = w * (1/absmax)`. NaN (an all-zero block) falls
-/// through every comparison to code 0.
+/// The 15 NF4 decision thresholds of `dQuantizeNF4`, ascending.
+const NF4_THRESHOLDS: [f32; 15] = [
+    -0.8480964004993439,
+    -0.6106329262256622,
+    -0.4599952697753906,
+    -0.33967943489551544,
+    -0.23460740596055984,
+    -0.13791173323988914,
+    -0.045525018125772476,
+    0.03979014977812767,
+    0.1202552504837513,
+    0.2035212516784668,
+    0.2920137718319893,
+    0.3893125355243683,
+    0.5016634166240692,
+    0.6427869200706482,
+    0.8614784181118011,
+];
+
+/// The 7 FP4 magnitude thresholds of `dQuantizeFP4`, ascending, and the code the
+/// magnitude gets for each number of thresholds it exceeds.
+const FP4_THRESHOLDS: [f32; 7] = [0.00260417, 0.0859375, 0.20833333, 0.29166667, 0.4166667, 0.583333, 0.8333333];
+const FP4_CODE_FOR_COUNT: [u8; 8] = [0b000, 0b001, 0b110, 0b111, 0b100, 0b101, 0b010, 0b011];
+
+/// `dQuantizeNF4`, the code for `x = w * (1/absmax)`, computed branch-free: the kernel's
+/// tree is a binary search over `NF4_THRESHOLDS` (`x > t` goes right), so the code is the
+/// number of thresholds x exceeds (`quantize_nf4_tree` is the literal tree; the tests
+/// check they agree). NaN (an all-zero block) exceeds none: code 0.
 #[inline]
 pub fn quantize_nf4(x: f32) -> u8 {
+    NF4_THRESHOLDS.iter().map(|&t| (x > t) as u8).sum()
+}
+
+/// `dQuantizeFP4`, branch-free like `quantize_nf4`: sign bit from `x < 0` (so -0.0 and NaN
+/// are positive), magnitude code from how many of `FP4_THRESHOLDS` |x| exceeds.
+#[inline]
+pub fn quantize_fp4(x: f32) -> u8 {
+    let sign = if x < 0.0 { 0b1000 } else { 0 };
+    let a = x.abs();
+    let count: u8 = FP4_THRESHOLDS.iter().map(|&t| (a > t) as u8).sum();
+    FP4_CODE_FOR_COUNT[count as usize] + sign
+}
+
+/// `dQuantizeNF4` transcribed literally from bitsandbytes' `kernels.cu`.
+pub fn quantize_nf4_tree(x: f32) -> u8 {
     if x > 0.03979014977812767 {
         if x > 0.3893125355243683 {
             if x > 0.6427869200706482 {
@@ -99,9 +140,8 @@ pub fn quantize_nf4(x: f32) -> u8 {
     }
 }
 
-/// `dQuantizeFP4`: sign bit from `x < 0` (so -0.0 and NaN are positive), then a tree on |x|.
-#[inline]
-pub fn quantize_fp4(x: f32) -> u8 {
+/// `dQuantizeFP4` transcribed literally from bitsandbytes' `kernels.cu`.
+pub fn quantize_fp4_tree(x: f32) -> u8 {
     let sign = if x < 0.0 { 0b1000 } else { 0 };
     let a = x.abs();
     let magnitude = if a > 0.291_666_67 {
@@ -228,6 +268,20 @@ mod tests {
         assert_eq!(quantize_fp4(f32::NAN), 0);
         assert_eq!(quantize_fp4(-0.0), 0);
         assert_eq!(quantize_fp4(-1e-6), 8);
+    }
+
+    #[test]
+    fn branch_free_quantizers_equal_the_kernel_trees() {
+        let mut probes = vec![f32::NAN, 0.0, -0.0, 1.0, -1.0, 2.0, -2.0, f32::INFINITY, f32::NEG_INFINITY];
+        for t in NF4_THRESHOLDS.iter().chain(&FP4_THRESHOLDS).flat_map(|&t| [t, -t]) {
+            let b = t.to_bits();
+            probes.extend((b - 3..=b + 3).map(f32::from_bits));
+        }
+        probes.extend((0..200_000u32).map(|i| f32::from_bits(0x3000_0000 + i * 0x1F37)).flat_map(|v| [v, -v]));
+        for x in probes {
+            assert_eq!(quantize_nf4(x), quantize_nf4_tree(x), "nf4 {x:e}");
+            assert_eq!(quantize_fp4(x), quantize_fp4_tree(x), "fp4 {x:e}");
+        }
     }
 
     #[test]

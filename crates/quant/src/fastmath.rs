@@ -79,7 +79,12 @@ pub fn fdividef(a: f32, b: f32) -> f32 {
 /// `__float2int_rn`: round half to even; NaN gives 0 and out-of-range values saturate.
 #[inline]
 pub fn float2int_rn(x: f32) -> i32 {
-    x.round_ties_even() as i32
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds |x| < 2^22 to an integer, ties to even
+    if x.abs() < 4_194_304.0 {
+        ((x + MAGIC) - MAGIC) as i32
+    } else {
+        x.round_ties_even() as i32
+    }
 }
 
 /// torch's `Tensor.mean()` of a contiguous 1-D f32 CUDA tensor: `torch_cuda_sum(values)`
@@ -221,6 +226,18 @@ mod tests {
         assert_eq!(rcp(1.0), 1.0);
         assert_eq!(rcp(2f32.powi(126)), 2f32.powi(-126));
         assert_eq!(fdividef(127.0, 0.0), f32::INFINITY);
+    }
+
+    #[test]
+    fn float2int_rn_rounds_half_to_even() {
+        for (x, want) in [(0.5, 0), (1.5, 2), (2.5, 2), (-0.5, 0), (-1.5, -2), (63.5, 64), (-63.5, -64), (126.49, 126)] {
+            assert_eq!(float2int_rn(x), want, "{x}");
+        }
+        assert_eq!((float2int_rn(f32::NAN), float2int_rn(1e10), float2int_rn(-5e6 - 0.5)), (0, i32::MAX, -5_000_000));
+        for i in 0..100_000 {
+            let x = (i as f32 - 50_000.0) * 0.013;
+            assert_eq!(float2int_rn(x), x.round_ties_even() as i32, "{x}");
+        }
     }
 
     #[test]
