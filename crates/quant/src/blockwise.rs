@@ -31,7 +31,7 @@ const MIN_BLOCKS_PER_TASK: usize = 256;
 /// nibble) and per-block absmax (B,). An odd n gets a final low nibble that encodes 0.0,
 /// exactly as the kernel's zero padding does. `blocksize` must be even.
 pub fn quantize_4bit(values: &[f32], blocksize: usize, format: FourBitFormat) -> (Vec<u8>, Vec<f32>) {
-    assert!(blocksize % 2 == 0, "4-bit blocks hold whole bytes");
+    assert!(blocksize & 1 == 0, "4-bit blocks hold whole bytes");
     let absmax = block_absmax(values, blocksize);
     let quantize: fn(f32) -> u8 = match format {
         FourBitFormat::Nf4 => quantize_nf4,
