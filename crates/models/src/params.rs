@@ -106,7 +106,7 @@ impl<'a> CheckpointSource<'a> {
         match (&w, target.is_quantized()) {
             (LinearWeight::Dense(t), true) => peregrine_quant::quantize_linear(t, target, &self.opts),
             (LinearWeight::Dense(t), false) => Ok(LinearWeight::Dense(t.cast(dense_dtype(target)))),
-            (_, true) if same_format(&w, target) => Ok(w),
+            (_, true) if same_format(&w, target) => Ok(with_threshold(w, self.opts.int8_threshold)),
             _ => {
                 // A pre-quantized weight asked for in another format: dequantize first.
                 let (n, k) = w.dims();
@@ -114,6 +114,17 @@ impl<'a> CheckpointSource<'a> {
                 self.convert(LinearWeight::Dense(dense), role)
             }
         }
+    }
+}
+
+/// The int8 outlier threshold is a run-time choice, not part of the stored weights.
+fn with_threshold(w: LinearWeight, threshold: Option<f32>) -> LinearWeight {
+    match w {
+        LinearWeight::Int8(mut q) => {
+            q.threshold = threshold;
+            LinearWeight::Int8(q)
+        }
+        other => other,
     }
 }
 
