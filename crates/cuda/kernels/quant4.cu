@@ -10,11 +10,10 @@
 //     16-byte word (32 weights, one scale), four 16-byte stores.
 //   gemv4_bf16_t{1,2,4,8}(x (T, K), packed, absmax.., code, blocksize, N, K, T, bias, out (T, N))
 //     Fused dequantize-and-multiply for T <= 1/2/4/8 rows. A warp owns 4 consecutive weight rows
-//     (8 warps, 32 rows per block); lane l streams 16-byte words l, l+32, .. of those rows, 4/2/2/1
+//     (8 warps, 32 rows per block); lane l streams 16-byte words l, l+32, .. of those rows, two
 //     words per row in flight (32 weights a word, one scale a word since blocksize >= 32),
-//     decodes bytes through a shared table of code pairs, multiplies by 16-byte loads of x reused
-//     for the 4 rows, and scales each word's partial sum once. f32 accumulation, warp-sum, bias
-//     added in f32, one bf16 rounding.
+//     decodes in registers and multiplies by 16-byte loads of x reused for the 4 rows.
+//     f32 accumulation, warp-sum, bias added in f32, one bf16 rounding.
 // Assumptions: K even (dequant4); K % 32 == 0, blocksize % 32 == 0, T <= 8 (gemv4, checked on the host).
 #include "prelude.cuh"
 
@@ -78,13 +77,14 @@ extern "C" __global__ void dequant4w_bf16(const u8* __restrict__ packed, const f
 }
 
 // GEMV: each warp owns GEMV_ROWS consecutive weight rows and streams them together, so the
-// activation words it loads are reused GEMV_ROWS times from registers; each lane keeps UNROLL
-// words per row (16 bytes each) in flight. A byte decodes through a 256-entry shared table of
-// code pairs (one 8-byte load for two weights), and since a 16-byte word (32 weights) shares one
-// scale, the scale multiplies the word's partial dot product once. The double-quant code book
-// sits in shared memory, so a scale costs one byte load plus an L1-resident nested absmax.
+// activation words it loads are reused GEMV_ROWS times from registers; each lane keeps
+// GEMV_UNROLL words per row (16 bytes each) in flight. (Measured on an H200: a variant decoding
+// bytes through a 256-entry shared table of code pairs, 4 words in flight, ran 1.4x slower at
+// T=1, likely from bank conflicts on the 8-byte table and 127 registers; see NOTES.md.) The double-quant code book sits in shared
+// memory so a scale costs one byte load plus an L1-resident nested absmax.
 #define GEMV_ROWS 4
 #define GEMV_WARPS 8
+#define GEMV_UNROLL 2
 
 __device__ __forceinline__ float absmax_lut(const float* plain, const u8* q, const float* lut2, const float* nested,
                                             int nested_blocksize, float offset, i64 i) {
@@ -92,19 +92,18 @@ __device__ __forceinline__ float absmax_lut(const float* plain, const u8* q, con
     return __fadd_rn(__fmul_rn(lut2[__ldg(q + i)], __ldg(nested + i / nested_blocksize)), offset);
 }
 
-template <int MAXT, int UNROLL>
+template <int MAXT>
 __device__ __forceinline__ void gemv4_body(const bf16* __restrict__ x, const u8* __restrict__ packed,
                                            const float* __restrict__ absmax, const u8* __restrict__ absmax_q,
                                            const float* __restrict__ absmax_code, const float* __restrict__ nested,
                                            int nested_blocksize, float offset, const float* __restrict__ code,
                                            int blocksize, int N, int K, int T, const bf16* __restrict__ bias,
                                            bf16* __restrict__ out) {
-    __shared__ float2 pairs[256];  // byte -> (code[hi nibble], code[lo nibble])
+    __shared__ float lut[16];
     __shared__ float lut2[256];
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-        pairs[i] = make_float2(code[i >> 4], code[i & 15]);
-        if (absmax_code != nullptr) lut2[i] = absmax_code[i];
-    }
+    if (threadIdx.x < 16) lut[threadIdx.x] = code[threadIdx.x];
+    if (absmax_code != nullptr)
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) lut2[i] = absmax_code[i];
     __syncthreads();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int n0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_ROWS;
@@ -116,11 +115,11 @@ __device__ __forceinline__ void gemv4_body(const bf16* __restrict__ x, const u8*
 #pragma unroll
         for (int t = 0; t < MAXT; t++) acc[r][t] = 0.f;
 
-    for (int w0 = lane; w0 < words; w0 += 32 * UNROLL) {
-        uint4 q[UNROLL][GEMV_ROWS];
-        float a[UNROLL][GEMV_ROWS];
+    for (int w0 = lane; w0 < words; w0 += 32 * GEMV_UNROLL) {
+        uint4 q[GEMV_UNROLL][GEMV_ROWS];
+        float a[GEMV_UNROLL][GEMV_ROWS];
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
+        for (int u = 0; u < GEMV_UNROLL; u++) {
             const int w = w0 + 32 * u;
 #pragma unroll
             for (int r = 0; r < GEMV_ROWS; r++) {
@@ -132,14 +131,9 @@ __device__ __forceinline__ void gemv4_body(const bf16* __restrict__ x, const u8*
             }
         }
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
+        for (int u = 0; u < GEMV_UNROLL; u++) {
             const int w = w0 + 32 * u;
             if (w >= words) break;
-            float part_dot[GEMV_ROWS][MAXT];
-#pragma unroll
-            for (int r = 0; r < GEMV_ROWS; r++)
-#pragma unroll
-                for (int t = 0; t < MAXT; t++) part_dot[r][t] = 0.f;
 #pragma unroll
             for (int part = 0; part < 4; part++) {
                 const int k = w * 32 + part * 8;
@@ -150,19 +144,20 @@ __device__ __forceinline__ void gemv4_body(const bf16* __restrict__ x, const u8*
 #pragma unroll
                 for (int r = 0; r < GEMV_ROWS; r++) {
                     const u32 word = part == 0 ? q[u][r].x : part == 1 ? q[u][r].y : part == 2 ? q[u][r].z : q[u][r].w;
+                    float wv[8];
 #pragma unroll
                     for (int b = 0; b < 4; b++) {
-                        const float2 c = pairs[(word >> (8 * b)) & 0xFF];
-#pragma unroll
-                        for (int t = 0; t < MAXT; t++)
-                            if (t < T) part_dot[r][t] += c.x * xf[t][2 * b] + c.y * xf[t][2 * b + 1];
+                        const u32 byte = (word >> (8 * b)) & 0xFF;
+                        wv[2 * b] = lut[byte >> 4] * a[u][r];
+                        wv[2 * b + 1] = lut[byte & 15] * a[u][r];
                     }
+#pragma unroll
+                    for (int t = 0; t < MAXT; t++)
+                        if (t < T)
+#pragma unroll
+                            for (int e = 0; e < 8; e++) acc[r][t] += wv[e] * xf[t][e];
                 }
             }
-#pragma unroll
-            for (int r = 0; r < GEMV_ROWS; r++)
-#pragma unroll
-                for (int t = 0; t < MAXT; t++) acc[r][t] += a[u][r] * part_dot[r][t];
         }
     }
 #pragma unroll
@@ -179,16 +174,16 @@ __device__ __forceinline__ void gemv4_body(const bf16* __restrict__ x, const u8*
     }
 }
 
-#define GEMV4_KERNEL(MAXT, UNROLL)                                                                             \
+#define GEMV4_KERNEL(MAXT)                                                                                     \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv4_bf16_t##MAXT(                           \
         const bf16* x, const u8* packed, const float* absmax, const u8* absmax_q, const float* absmax_code,    \
         const float* nested, int nested_blocksize, float offset, const float* code, int blocksize, int N, int K, \
         int T, const bf16* bias, bf16* out) {                                                                  \
-        gemv4_body<MAXT, UNROLL>(x, packed, absmax, absmax_q, absmax_code, nested, nested_blocksize, offset, code,     \
+        gemv4_body<MAXT>(x, packed, absmax, absmax_q, absmax_code, nested, nested_blocksize, offset, code,     \
                          blocksize, N, K, T, bias, out);                                                       \
     }
 
-GEMV4_KERNEL(1, 4)
-GEMV4_KERNEL(2, 2)
-GEMV4_KERNEL(4, 2)
-GEMV4_KERNEL(8, 1)
+GEMV4_KERNEL(1)
+GEMV4_KERNEL(2)
+GEMV4_KERNEL(4)
+GEMV4_KERNEL(8)
