@@ -74,6 +74,9 @@ impl Grid {
     }
 }
 
+/// Loaded kernels by (module, name), with the dynamic shared memory limit set on each.
+type FunctionTable = HashMap<(&'static str, &'static str), (CudaFunction, u32)>;
+
 /// Static shared memory a block may use without opting in.
 const DEFAULT_SMEM_LIMIT: u32 = 48 * 1024;
 
@@ -87,7 +90,7 @@ pub struct Device {
     pub sm_count: u32,
     pub name: String,
     modules: HashMap<&'static str, Arc<CudaModule>>,
-    functions: Mutex<HashMap<(&'static str, &'static str), (CudaFunction, u32)>>,
+    functions: Mutex<FunctionTable>,
 }
 
 fn drv_err(what: &str) -> impl Fn(drv::DriverError) -> Error + '_ {
@@ -184,7 +187,8 @@ impl Device {
 
     /// Queue `kernel` on the stream.
     ///
-    /// SAFETY (for callers): `args` must match the kernel's C signature in order and width, and
+    /// # Safety
+    /// `args` must match the kernel's C signature in order and width, and
     /// every pointer must address a live buffer large enough for the ranges the kernel touches
     /// (each launcher checks the lengths first).
     pub unsafe fn launch(&self, module: &'static str, kernel: &'static str, g: Grid, mut args: Args) -> Result<()> {
@@ -256,7 +260,10 @@ impl Device {
         Ok(out)
     }
 
-    /// Copy `bytes` bytes between device addresses (ranges checked by the caller).
+    /// Copy `bytes` bytes between device addresses.
+    ///
+    /// # Safety
+    /// Both ranges must lie inside live device allocations (checked by the caller).
     pub unsafe fn copy_d2d(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         self.bind()?;
         drv::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()).map_err(drv_err("device-to-device copy"))
@@ -274,6 +281,9 @@ impl Device {
 
     /// out (rows, n; row stride ldo) = x (rows, k) @ w^T, where w is (n, k) row-major; all bf16,
     /// f32 accumulation (cuBLAS GemmEx, COMPUTE_32F). `beta` 0 overwrites, 1 accumulates.
+    ///
+    /// # Safety
+    /// x must hold rows*k, w n*k and out (rows-1)*ldo + n bf16 values on this device.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn gemm_xwt_bf16(&self, x: u64, rows: usize, w: u64, n: usize, k: usize, out: u64, ldo: usize, beta: f32) -> Result<()> {
         use cublas_sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};

@@ -57,7 +57,8 @@ impl DeviceAbsmax {
     }
 }
 
-/// A linear layer's weights on the device.
+/// A linear layer's weights on the device. (Variant sizes differ; a model holds a few hundred.)
+#[allow(clippy::large_enum_variant)]
 pub enum CudaLinear {
     /// w (N, K) bf16 row-major.
     Dense { w: DeviceBuffer<bf16>, n: usize, k: usize },
@@ -175,7 +176,8 @@ fn load_four_bit(dev: &Device, w: FourBitWeight) -> Result<CudaLinear> {
 /// Write rows of the dequantized weight (bf16) into `out` (nrows, K): row i is weight row
 /// `row_ids[i]` if given, else `row0 + i`. Dense weights are gathered/copied.
 ///
-/// SAFETY: `out` must hold nrows * K bf16; `row_ids` (if given) nrows u32 values < N.
+/// # Safety
+/// `out` must hold nrows * K bf16; `row_ids` (if given) nrows u32 values < N.
 pub unsafe fn dequantize_rows(dev: &Device, w: &CudaLinear, row_ids: Option<u64>, row0: usize, nrows: usize, out: u64) -> Result<()> {
     let (_, k) = w.dims();
     let threads = 256;
@@ -206,7 +208,8 @@ pub unsafe fn dequantize_rows(dev: &Device, w: &CudaLinear, row_ids: Option<u64>
 
 /// out (T, N) = x (T, K) @ W^T (+ bias), all bf16 buffers given as pointers.
 ///
-/// SAFETY: x holds rows*K, out rows*N, bias (if any) N bf16 values (checked by the backend).
+/// # Safety
+/// x must hold rows*K, out rows*N, bias (if any) N bf16 values (the backend checks).
 pub unsafe fn matmul(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Option<u64>, out: u64) -> Result<()> {
     let (n, k) = w.dims();
     if rows == 0 || n == 0 {

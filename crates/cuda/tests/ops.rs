@@ -34,7 +34,7 @@ fn embedding_matches_cpu() {
     let mut co = cpu.alloc(ids.len() * d).unwrap();
     gpu.embedding(&gt, &ids, &mut go).unwrap();
     cpu.embedding(&ct, &ids, &mut co).unwrap();
-    let (max, _) = check("embedding (dense, T=9, D=192)", &gpu.download(&go, 0, ids.len() * d).unwrap(), &co, 0.0);
+    let (max, _) = check("embedding (dense, T=9, D=192)", &gpu.download(&go, 0, ids.len() * d).unwrap(), &co[..], 0.0);
     assert_eq!(max, 0.0, "a gather must be exact");
     assert!(gpu.embedding(&gt, &[v as u32], &mut go).is_err(), "an id beyond the vocabulary must be an error");
 }
@@ -52,8 +52,9 @@ fn layer_norm_matches_cpu() {
         let mut go = poisoned(&gpu, rows * dim);
         gpu.layer_norm(&gx, rows, dim, &gw, &gb, 1e-5, &mut go).unwrap();
         let mut co = cpu.alloc(rows * dim).unwrap();
-        cpu.layer_norm(&x, rows, dim, &w, &b, 1e-5, &mut co).unwrap();
-        check(&format!("layer_norm ({rows} x {dim})"), &gpu.download(&go, 0, rows * dim).unwrap(), &co, TOL_BF16);
+        let (cx, cw, cb) = (cpu.upload(&x).unwrap(), cpu.upload(&w).unwrap(), cpu.upload(&b).unwrap());
+        cpu.layer_norm(&cx, rows, dim, &cw, &cb, 1e-5, &mut co).unwrap();
+        check(&format!("layer_norm ({rows} x {dim})"), &gpu.download(&go, 0, rows * dim).unwrap(), &co[..], TOL_BF16);
     }
 }
 
@@ -77,9 +78,10 @@ fn dense_linear_matches_cpu() {
             let mut go = poisoned(&gpu, rows * n);
             gpu.linear(&gx, rows, &gw, with_bias.then_some(&gb), &mut go).unwrap();
             let mut co = cpu.alloc(rows * n).unwrap();
-            cpu.linear(&x, rows, &cw, with_bias.then_some(&bias), &mut co).unwrap();
+            let (cx, cb) = (cpu.upload(&x).unwrap(), cpu.upload(&bias).unwrap());
+            cpu.linear(&cx, rows, &cw, with_bias.then_some(&cb), &mut co).unwrap();
             let name = format!("linear bf16 cuBLAS (T={rows}, {n}x{k}, bias={with_bias})");
-            check(&name, &gpu.download(&go, 0, rows * n).unwrap(), &co, TOL_BF16);
+            check(&name, &gpu.download(&go, 0, rows * n).unwrap(), &co[..], TOL_BF16);
         }
     }
 }
@@ -92,23 +94,24 @@ fn gelu_add_copy_rows_match_cpu() {
     let n = 5000;
     let x = rng.bf16_vec(n, 2.0);
     let mut gx = gpu.upload(&x).unwrap();
-    let mut cx = x.clone();
+    let mut cx = cpu.upload(&x).unwrap();
     gpu.gelu(&mut gx, n).unwrap();
     cpu.gelu(&mut cx, n).unwrap();
-    check("gelu (erf, 5000)", &gpu.download(&gx, 0, n).unwrap(), &cx, TOL_BF16);
+    check("gelu (erf, 5000)", &gpu.download(&gx, 0, n).unwrap(), &cx[..], TOL_BF16);
 
     let y = rng.bf16_vec(n, 1.0);
     let gy = gpu.upload(&y).unwrap();
     gpu.add(&mut gx, &gy, n).unwrap();
-    cpu.add(&mut cx, &y, n).unwrap();
-    check("add (5000)", &gpu.download(&gx, 0, n).unwrap(), &cx, TOL_BF16);
+    let cy = cpu.upload(&y).unwrap();
+    cpu.add(&mut cx, &cy, n).unwrap();
+    check("add (5000)", &gpu.download(&gx, 0, n).unwrap(), &cx[..], TOL_BF16);
 
     let (dim, src_row, rows) = (100, 7, 13);
     let mut gd = poisoned(&gpu, rows * dim);
     let mut cd = cpu.alloc(rows * dim).unwrap();
     gpu.copy_rows(&gy, src_row, rows, dim, &mut gd).unwrap();
-    cpu.copy_rows(&y, src_row, rows, dim, &mut cd).unwrap();
-    let (max, _) = check("copy_rows (13 rows of 100 from row 7)", &gpu.download(&gd, 0, rows * dim).unwrap(), &cd, 0.0);
+    cpu.copy_rows(&cy, src_row, rows, dim, &mut cd).unwrap();
+    let (max, _) = check("copy_rows (13 rows of 100 from row 7)", &gpu.download(&gd, 0, rows * dim).unwrap(), &cd[..], 0.0);
     assert_eq!(max, 0.0);
 }
 
@@ -127,12 +130,12 @@ fn attention_case(gpu: &CudaBackend, name: &str, layout: QkvLayout, alibi: bool,
         let width = layout.row_width();
         let qkv = rng.bf16_vec(t * width, 0.7);
         let mut gq = gpu.upload(&qkv).unwrap();
-        let mut cq = qkv.clone();
+        let mut cq = cpu.upload(&qkv).unwrap();
         let tag = format!("{name} T={t} from pos {}", positions[0]);
         if let Some(r) = rope {
             gpu.rotary(&mut gq, layout, positions, r).unwrap();
             cpu.rotary(&mut cq, layout, positions, r).unwrap();
-            check(&format!("rotary ({tag})"), &gpu.download(&gq, 0, t * width).unwrap(), &cq, TOL_BF16);
+            check(&format!("rotary ({tag})"), &gpu.download(&gq, 0, t * width).unwrap(), &cq[..], TOL_BF16);
         }
         gpu.append_kv(&gq, layout, positions, &mut gcache).unwrap();
         cpu.append_kv(&cq, layout, positions, &mut ccache).unwrap();
@@ -148,7 +151,7 @@ fn attention_case(gpu: &CudaBackend, name: &str, layout: QkvLayout, alibi: bool,
         gpu.attention(&gq, &gcache, &params, &mut go).unwrap();
         cpu.attention(&cq, &ccache, &params, &mut co).unwrap();
         let kind = if t <= peregrine_cuda::backend::DECODE_MAX_ROWS { "decode" } else { "prefill" };
-        check(&format!("attention {kind} ({tag})"), &gpu.download(&go, 0, out_len).unwrap(), &co, TOL_BF16_CHAIN);
+        check(&format!("attention {kind} ({tag})"), &gpu.download(&go, 0, out_len).unwrap(), &co[..], TOL_BF16_CHAIN);
     }
 }
 
