@@ -5,7 +5,9 @@
 //!
 //! Legend: T tokens, D hidden, H query heads, G KV groups, Hd head dim, N/K linear out/in.
 
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use peregrine_core::{
     backend::{MemoryStats, RotaryParams},
@@ -13,8 +15,61 @@ use peregrine_core::{
 };
 use rayon::prelude::*;
 
-/// A linear layer on the CPU: dense f32 (N, K), or a quantized format kept as stored.
-pub enum CpuLinear {
+/// Bytes held by the backend's buffers and weights, now and at the high-water mark.
+#[derive(Default)]
+struct Counters {
+    current: AtomicU64,
+    peak: AtomicU64,
+}
+
+/// Counts `bytes` in while alive and out when dropped, so memory figures follow frees.
+struct MemGuard {
+    counters: Arc<Counters>,
+    bytes: u64,
+}
+
+impl MemGuard {
+    fn new(counters: &Arc<Counters>, bytes: usize) -> Self {
+        let bytes = bytes as u64;
+        let now = counters.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        counters.peak.fetch_max(now, Ordering::Relaxed);
+        MemGuard { counters: counters.clone(), bytes }
+    }
+}
+
+impl Drop for MemGuard {
+    fn drop(&mut self) {
+        self.counters.current.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// An f32 activation buffer; derefs to its `Vec<f32>`.
+pub struct CpuBuf {
+    data: Vec<f32>,
+    _mem: MemGuard,
+}
+
+impl Deref for CpuBuf {
+    type Target = Vec<f32>;
+    fn deref(&self) -> &Vec<f32> {
+        &self.data
+    }
+}
+
+impl DerefMut for CpuBuf {
+    fn deref_mut(&mut self) -> &mut Vec<f32> {
+        &mut self.data
+    }
+}
+
+/// A linear layer on the CPU.
+pub struct CpuLinear {
+    pub weight: CpuWeight,
+    _mem: MemGuard,
+}
+
+/// Dense f32 (N, K), or a quantized format kept as stored.
+pub enum CpuWeight {
     Dense { rows: usize, cols: usize, data: Vec<f32> },
     Quantized(LinearWeight),
 }
@@ -22,8 +77,7 @@ pub enum CpuLinear {
 /// The f32 CPU backend.
 #[derive(Default)]
 pub struct CpuBackend {
-    current: AtomicU64,
-    peak: AtomicU64,
+    counters: Arc<Counters>,
 }
 
 impl CpuBackend {
@@ -31,67 +85,66 @@ impl CpuBackend {
         Self::default()
     }
 
-    fn track(&self, bytes: usize) {
-        let now = self.current.fetch_add(bytes as u64, Ordering::Relaxed) + bytes as u64;
-        self.peak.fetch_max(now, Ordering::Relaxed);
+    fn buf(&self, data: Vec<f32>) -> CpuBuf {
+        let mem = MemGuard::new(&self.counters, 4 * data.len());
+        CpuBuf { data, _mem: mem }
     }
 }
 
 impl Backend for CpuBackend {
-    type Buf = Vec<f32>;
+    type Buf = CpuBuf;
     type Linear = CpuLinear;
 
     fn name(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
-    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
-        self.track(4 * len);
-        Ok(vec![0.0; len])
+    fn alloc(&self, len: usize) -> Result<CpuBuf> {
+        Ok(self.buf(vec![0.0; len]))
     }
 
-    fn upload(&self, values: &[f32]) -> Result<Vec<f32>> {
-        self.track(4 * values.len());
-        Ok(values.to_vec())
+    fn upload(&self, values: &[f32]) -> Result<CpuBuf> {
+        Ok(self.buf(values.to_vec()))
     }
 
-    fn download(&self, buf: &Vec<f32>, offset: usize, len: usize) -> Result<Vec<f32>> {
+    fn download(&self, buf: &CpuBuf, offset: usize, len: usize) -> Result<Vec<f32>> {
         buf.get(offset..offset + len)
             .map(<[f32]>::to_vec)
             .ok_or_else(|| Error::msg(format!("download of {len} values at {offset} past a buffer of {}", buf.len())))
     }
 
-    fn load_vector(&self, t: &HostTensor) -> Result<Vec<f32>> {
+    fn load_vector(&self, t: &HostTensor) -> Result<CpuBuf> {
         self.upload(&t.to_f32())
     }
 
     fn load_linear(&self, w: LinearWeight) -> Result<CpuLinear> {
-        self.track(w.stored_bytes());
-        Ok(match w {
+        let weight = match w {
             LinearWeight::Dense(t) => {
                 let (rows, cols) = t.dims2();
-                CpuLinear::Dense { rows, cols, data: t.to_f32() }
+                CpuWeight::Dense { rows, cols, data: t.to_f32() }
             }
-            q => CpuLinear::Quantized(q),
-        })
+            q => CpuWeight::Quantized(q),
+        };
+        let bytes = match &weight {
+            CpuWeight::Dense { data, .. } => 4 * data.len(),
+            CpuWeight::Quantized(q) => q.stored_bytes(),
+        };
+        Ok(CpuLinear { weight, _mem: MemGuard::new(&self.counters, bytes) })
     }
 
     fn linear_dims(&self, w: &CpuLinear) -> (usize, usize) {
-        match w {
-            CpuLinear::Dense { rows, cols, .. } => (*rows, *cols),
-            CpuLinear::Quantized(q) => q.dims(),
+        match &w.weight {
+            CpuWeight::Dense { rows, cols, .. } => (*rows, *cols),
+            CpuWeight::Quantized(q) => q.dims(),
         }
     }
 
     fn linear_bytes(&self, w: &CpuLinear) -> usize {
-        match w {
-            CpuLinear::Dense { data, .. } => 4 * data.len(),
-            CpuLinear::Quantized(q) => q.stored_bytes(),
-        }
+        w._mem.bytes as usize
     }
 
-    fn embedding(&self, table: &CpuLinear, ids: &[u32], out: &mut Vec<f32>) -> Result<()> {
-        let CpuLinear::Dense { rows, cols, data } = table else {
+    fn embedding(&self, table: &CpuLinear, ids: &[u32], out: &mut CpuBuf) -> Result<()> {
+        let CpuWeight::Dense { rows, cols, data } = &table.weight else {
             return Err(Error::msg("the embedding table must be dense"));
         };
         for (t, &id) in ids.iter().enumerate() {
@@ -99,6 +152,7 @@ impl Backend for CpuBackend {
             if id >= *rows {
                 return Err(Error::input(format!("token id {id} is outside the vocabulary (size {rows})")));
             }
+            let cols = *cols;
             out[t * cols..(t + 1) * cols].copy_from_slice(&data[id * cols..(id + 1) * cols]);
         }
         Ok(())
@@ -106,13 +160,13 @@ impl Backend for CpuBackend {
 
     fn layer_norm(
         &self,
-        x: &Vec<f32>,
+        x: &CpuBuf,
         rows: usize,
         dim: usize,
-        weight: &Vec<f32>,
-        bias: &Vec<f32>,
+        weight: &CpuBuf,
+        bias: &CpuBuf,
         eps: f32,
-        out: &mut Vec<f32>,
+        out: &mut CpuBuf,
     ) -> Result<()> {
         out[..rows * dim].par_chunks_mut(dim).zip(x[..rows * dim].par_chunks(dim)).for_each(|(o, xr)| {
             layer_norm_row(xr, weight, bias, eps, o);
@@ -120,20 +174,20 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn linear(&self, x: &Vec<f32>, rows: usize, w: &CpuLinear, bias: Option<&Vec<f32>>, out: &mut Vec<f32>) -> Result<()> {
+    fn linear(&self, x: &CpuBuf, rows: usize, w: &CpuLinear, bias: Option<&CpuBuf>, out: &mut CpuBuf) -> Result<()> {
         let (n, k) = self.linear_dims(w);
         let (x, out) = (&x[..rows * k], &mut out[..rows * n]);
-        match w {
-            CpuLinear::Dense { data, .. } => matmul_transposed(x, rows, data, n, k, out),
-            CpuLinear::Quantized(q) => peregrine_quant::matmul(x, rows, q, out)?,
+        match &w.weight {
+            CpuWeight::Dense { data, .. } => matmul_transposed(x, rows, data, n, k, out),
+            CpuWeight::Quantized(q) => peregrine_quant::matmul(x, rows, q, out)?,
         }
         if let Some(b) = bias {
-            out.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += b));
+            out.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(b.iter()).for_each(|(o, b)| *o += b));
         }
         Ok(())
     }
 
-    fn rotary(&self, qkv: &mut Vec<f32>, layout: QkvLayout, positions: &[u32], rope: RotaryParams) -> Result<()> {
+    fn rotary(&self, qkv: &mut CpuBuf, layout: QkvLayout, positions: &[u32], rope: RotaryParams) -> Result<()> {
         let hd = layout.head_dim;
         let inv_freq = rotary_inv_freq(hd, rope);
         let width = layout.row_width();
@@ -149,7 +203,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn append_kv(&self, qkv: &Vec<f32>, layout: QkvLayout, positions: &[u32], cache: &mut LayerKv<Self>) -> Result<()> {
+    fn append_kv(&self, qkv: &CpuBuf, layout: QkvLayout, positions: &[u32], cache: &mut LayerKv<Self>) -> Result<()> {
         let (hd, g_n) = (layout.head_dim, layout.n_kv);
         let width = layout.row_width();
         let capacity = cache.k.len() / (g_n * hd);
@@ -168,7 +222,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn attention(&self, qkv: &Vec<f32>, cache: &LayerKv<Self>, p: &AttentionParams<'_>, out: &mut Vec<f32>) -> Result<()> {
+    fn attention(&self, qkv: &CpuBuf, cache: &LayerKv<Self>, p: &AttentionParams<'_>, out: &mut CpuBuf) -> Result<()> {
         let l = p.layout;
         let (hd, width) = (l.head_dim, l.row_width());
         let t_n = p.positions.len();
@@ -181,17 +235,17 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn gelu(&self, x: &mut Vec<f32>, len: usize) -> Result<()> {
+    fn gelu(&self, x: &mut CpuBuf, len: usize) -> Result<()> {
         x[..len].par_iter_mut().for_each(|v| *v = gelu_erf(*v));
         Ok(())
     }
 
-    fn add(&self, dst: &mut Vec<f32>, src: &Vec<f32>, len: usize) -> Result<()> {
+    fn add(&self, dst: &mut CpuBuf, src: &CpuBuf, len: usize) -> Result<()> {
         dst[..len].par_iter_mut().zip(&src[..len]).for_each(|(d, s)| *d += s);
         Ok(())
     }
 
-    fn copy_rows(&self, src: &Vec<f32>, src_row: usize, n_rows: usize, dim: usize, dst: &mut Vec<f32>) -> Result<()> {
+    fn copy_rows(&self, src: &CpuBuf, src_row: usize, n_rows: usize, dim: usize, dst: &mut CpuBuf) -> Result<()> {
         dst[..n_rows * dim].copy_from_slice(&src[src_row * dim..(src_row + n_rows) * dim]);
         Ok(())
     }
@@ -201,11 +255,13 @@ impl Backend for CpuBackend {
     }
 
     fn memory(&self) -> MemoryStats {
-        MemoryStats { current_bytes: self.current.load(Ordering::Relaxed), peak_bytes: self.peak.load(Ordering::Relaxed) }
+        let c = &self.counters;
+        MemoryStats { current_bytes: c.current.load(Ordering::Relaxed), peak_bytes: c.peak.load(Ordering::Relaxed) }
     }
 
     fn reset_peak_memory(&self) {
-        self.peak.store(self.current.load(Ordering::Relaxed), Ordering::Relaxed);
+        let c = &self.counters;
+        c.peak.store(c.current.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
