@@ -104,6 +104,19 @@ pub struct RotaryParams {
     pub position_scale: f32,
 }
 
+/// The format synthetic weights are quantized to (the subset of the quantization options
+/// a device-side generator needs).
+#[derive(Clone, Copy, Debug)]
+pub struct SyntheticFormat {
+    pub kind: crate::QuantKind,
+    /// 4-bit block size.
+    pub blocksize: usize,
+    /// 4-bit: double-quantize the block scales.
+    pub double_quant: bool,
+    /// int8: the outlier threshold (None = weight-only).
+    pub int8_threshold: Option<f32>,
+}
+
 /// Bytes on a device: now and the high-water mark since the last reset.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct MemoryStats {
@@ -200,19 +213,16 @@ pub trait Backend {
         None
     }
 
-    /// A synthetic (N, K) linear filled with N(0, std) values and quantized to `kind`
-    /// (4-bit: `blocksize`, `double_quant`) directly on the device, with no host copy.
-    /// `Ok(None)` means this backend makes synthetic weights on the host instead.
-    #[allow(clippy::too_many_arguments)]
+    /// A synthetic (N, K) linear filled with N(0, std) values and quantized to `format`
+    /// directly on the device, with no host copy. `Ok(None)` means this backend makes
+    /// synthetic weights on the host instead.
     fn synthetic_linear(
         &self,
-        _kind: crate::QuantKind,
+        _format: &SyntheticFormat,
         _n: usize,
         _k: usize,
         _std: f32,
         _seed: u64,
-        _blocksize: usize,
-        _double_quant: bool,
     ) -> Result<Option<Self::Linear>> {
         Ok(None)
     }

@@ -152,6 +152,31 @@ impl Backend for CudaBackend {
         format!("cuda:{} {} (sm_{})", self.dev.ctx.ordinal(), self.dev.name, self.dev.arch)
     }
 
+    fn device_memory(&self) -> Option<(u64, u64)> {
+        let (free, total) = self.free_device_memory();
+        Some((free as u64, total as u64))
+    }
+
+    fn synthetic_linear(
+        &self,
+        format: &peregrine_core::SyntheticFormat,
+        n: usize,
+        k: usize,
+        std: f32,
+        seed: u64,
+    ) -> Result<Option<CudaLinear>> {
+        let opts = SyntheticOptions {
+            blocksize: format.blocksize,
+            double_quant: format.double_quant,
+            int8_threshold: format.int8_threshold,
+        };
+        self.random_linear_with(format.kind, n, k, std, seed, opts).map(Some)
+    }
+
+    fn synthetic_vector(&self, len: usize, mean: f32, std: f32, seed: u64) -> Result<Option<CudaBuf>> {
+        self.random_vector(len, mean, std, seed).map(Some)
+    }
+
     fn alloc(&self, len: usize) -> Result<CudaBuf> {
         self.dev.alloc_zeros::<bf16>(len)
     }

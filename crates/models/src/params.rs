@@ -233,8 +233,13 @@ impl<B: Backend> ParamSource<B> for RandomSource {
     fn linear(&mut self, backend: &B, _name: &str, dims: (usize, usize), role: Role) -> Result<B::Linear> {
         let target = if role == Role::Block { self.kind } else { dense_kind(self.kind) };
         let seed = self.next_seed();
-        let (bs, dq) = (self.opts.blocksize, self.opts.double_quant);
-        if let Some(w) = backend.synthetic_linear(target, dims.0, dims.1, self.std, seed, bs, dq)? {
+        let format = peregrine_core::SyntheticFormat {
+            kind: target,
+            blocksize: self.opts.blocksize,
+            double_quant: self.opts.double_quant,
+            int8_threshold: self.opts.int8_threshold,
+        };
+        if let Some(w) = backend.synthetic_linear(&format, dims.0, dims.1, self.std, seed)? {
             return Ok(w);
         }
         let values = self.normal(dims.0 * dims.1, 0.0, self.std);
