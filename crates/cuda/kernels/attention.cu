@@ -409,3 +409,47 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
 
 ATTENTION_KERNELS(64)
 ATTENTION_KERNELS(128)
+
+// attention_generic_bf16: any head dim (a correctness path for shapes no real Falcon has, such
+// as the tiny reference checkpoints; every Falcon uses the specialised kernels above). grid (T, H),
+// 128 threads. Dynamic smem = (HD + 32 + positions[t] + 1) floats: q, reduction scratch, and the
+// scores of keys 0..=positions[t] (two passes: max, then exp/sum, then P.V by output dim).
+extern "C" __global__ void attention_generic_bf16(const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
+                                                  const bf16* __restrict__ v_cache, const u32* __restrict__ positions,
+                                                  const float* __restrict__ slopes, bf16* __restrict__ out, int n_head,
+                                                  int n_kv, int hd, int row_width, float scale) {
+    extern __shared__ float gsm[];
+    const int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+    const int qpk = n_head / n_kv, g = h / qpk;
+    const int q_off = (g * (qpk + 2) + h % qpk) * hd;
+    const int pos = (int)positions[t];
+    float* q = gsm;
+    float* scratch = q + hd;
+    float* s = scratch + 32;
+    for (int d = tid; d < hd; d += blockDim.x) q[d] = bf2f(qkv[(i64)t * row_width + q_off + d]);
+    __syncthreads();
+    const float slope = (slopes != nullptr) ? slopes[h] : 0.f;
+    float mx = NEG_INF;
+    for (int j = tid; j <= pos; j += blockDim.x) {
+        const bf16* k = k_cache + ((i64)j * n_kv + g) * hd;
+        float dot = 0.f;
+        for (int d = 0; d < hd; d++) dot += q[d] * bf2f(k[d]);
+        const float sc = (slopes != nullptr) ? (dot + round_bf16(slope * (float)j)) * scale : dot * scale;
+        s[j] = sc;
+        mx = fmaxf(mx, sc);
+    }
+    mx = block_max(mx, scratch);
+    float sum = 0.f;
+    for (int j = tid; j <= pos; j += blockDim.x) {
+        const float e = expf(s[j] - mx);
+        s[j] = e;
+        sum += e;
+    }
+    sum = block_sum(sum, scratch);  // its barriers also publish every s[j]
+    const float inv = 1.f / sum;
+    for (int d = tid; d < hd; d += blockDim.x) {
+        float o = 0.f;
+        for (int j = 0; j <= pos; j++) o += s[j] * bf2f(v_cache[((i64)j * n_kv + g) * hd + d]);
+        out[(i64)t * n_head * hd + h * hd + d] = __float2bfloat16_rn(o * inv);
+    }
+}

@@ -144,6 +144,28 @@ impl CudaBackend {
     }
 }
 
+impl CudaBackend {
+    /// Attention for head dims without a specialised kernel (none of the real Falcons):
+    /// one block per (row, head), the row's scores held in shared memory.
+    fn attention_generic(&self, a: Args, l: QkvLayout, params: &AttentionParams<'_>, out: &mut CudaBuf) -> Result<()> {
+        let t = params.positions.len();
+        let max_pos = *params.positions.iter().max().unwrap_or(&0) as usize;
+        let smem = 4 * (l.head_dim + 32 + max_pos + 1);
+        if smem > 48 * 1024 {
+            return Err(Error::input(format!(
+                "attention: head dim {} has no specialised kernel (have {:?}) and {} positions exceed the generic kernel's limit",
+                l.head_dim,
+                ATTENTION_HEAD_DIMS,
+                max_pos + 1
+            )));
+        }
+        let a = a.ptr(out.ptr()).i32(l.n_head as i32).i32(l.n_kv as i32).i32(l.head_dim as i32).i32(l.row_width() as i32).f32(params.scale);
+        let g = Grid::new((t as u32, l.n_head as u32, 1), 128).with_smem(smem as u32);
+        // SAFETY: lengths and positions checked by the caller; shared memory sized for the longest row.
+        unsafe { self.dev.launch("attention", "attention_generic_bf16", g, a) }
+    }
+}
+
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
     type Linear = CudaLinear;
@@ -291,9 +313,6 @@ impl Backend for CudaBackend {
         check_len("attention", "qkv", qkv.len(), t * l.row_width())?;
         check_len("attention", "out", out.len(), t * l.n_head * l.head_dim)?;
         self.check_positions("attention", cache, l, params.positions)?;
-        if !ATTENTION_HEAD_DIMS.contains(&l.head_dim) {
-            return Err(Error::input(format!("attention: head dim {} not compiled (have {:?})", l.head_dim, ATTENTION_HEAD_DIMS)));
-        }
         if let Some(s) = params.alibi_slopes {
             check_len("attention", "alibi slopes", s.len(), l.n_head)?;
         }
@@ -304,6 +323,9 @@ impl Backend for CudaBackend {
         let slopes = params.alibi_slopes.map(|s| self.dev.upload(s)).transpose()?;
         let hd = l.head_dim;
         let a = Args::new().ptr(qkv.ptr()).ptr(cache.k.ptr()).ptr(cache.v.ptr()).ptr(pos.ptr()).opt(slopes.as_ref().map(|s| s.ptr()));
+        if !ATTENTION_HEAD_DIMS.contains(&hd) {
+            return self.attention_generic(a, l, params, out);
+        }
         if t <= DECODE_MAX_ROWS {
             // Flash-decoding: S splits of DECODE_SPLIT keys, then a merge.
             let max_pos = *params.positions.iter().max().unwrap_or(&0) as usize;

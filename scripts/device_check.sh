@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One device call that checks a build on the GPU machine: unpack the bundle made by
+# scripts/make_device_bundle.sh, lay out ../shared where the test binaries look for it, run
+# the GPU tests against the CPU oracle, then the CLI on the tiny model, the Falcon-40B and
+# 180B shapes with synthetic weights, and the default `peregrine bench`. Everything is
+# logged to $OUT/log.txt; the bench report comes back as $OUT/bench.tgz.
+set -uo pipefail
+B=$PWD/.carry/bundle
+mkdir -p "$B" && tar -xJf .carry/bundle.tar.xz -C "$B"
+mkdir -p /work && ln -sfn "$B/shared" /work/shared && ln -sfn "$PWD" /work/main
+export PATH="$B/bin:$PATH" PEREGRINE_KERNEL_CACHE=/tmp/peregrine-kernels
+LOG=$OUT/log.txt
+step() { echo "=== $*" | tee -a "$LOG"; local t0=$SECONDS; timeout "${LIMIT:-300}" "$@" >>"$LOG" 2>&1; echo "--- rc=$? ${*:0:3} $((SECONDS-t0))s" | tee -a "$LOG"; }
+nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm --format=csv | tee -a "$LOG"
+TINY=/work/shared/assets/models/peregrine-tiny-falcon
+# The bitsandbytes checkpoints are byte-identical to what `peregrine quantize` writes (tested on the CPU).
+step peregrine quantize --model $TINY --quant nf4 --out $TINY-bnb-nf4
+step peregrine quantize --model $TINY --quant int8 --out $TINY-bnb-int8
+for t in ops quant nvrtc_compile gpu_models; do step "$B/tests/$t" --test-threads=1 --nocapture; done
+step peregrine generate --device cuda --model $TINY --prompt "Once upon a time" --max-new-tokens 40
+SEED=12081,241,1962,544,241,13215,2464,325,14465,11659,23,480,335,28563,9315,25
+for q in bf16 int8 nf4 fp4; do
+  step peregrine generate --device cuda --dummy-weights --model falcon-40b --quant $q --prompt-ids $SEED --max-new-tokens 100 --ignore-eos --json
+done
+step peregrine generate --device cuda --dummy-weights --model falcon-180b --quant nf4 --prompt-ids $SEED --max-new-tokens 30 --ignore-eos --json
+LIMIT=420 step peregrine bench --device cuda --out "$OUT/bench"
+tar -czf "$OUT/bench.tgz" -C "$OUT" bench && rm -rf "$OUT/bench"
+grep -E "^(===|---)|test result|rel err|SKIPPED|tok/s|decode_tokens_per_s" "$LOG" | tail -80
