@@ -13,6 +13,7 @@ LOG=$OUT/log.txt
 step() { echo "=== $*" | tee -a "$LOG"; local t0=$SECONDS; timeout "${LIMIT:-300}" "$@" >>"$LOG" 2>&1; echo "--- rc=$? ${*:0:3} $((SECONDS-t0))s" | tee -a "$LOG"; }
 nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm --format=csv | tee -a "$LOG"
 TINY=/work/shared/assets/models/peregrine-tiny-falcon
+if [ -z "${BENCH_ONLY:-}" ]; then
 # The bitsandbytes checkpoints are byte-identical to what `peregrine quantize` writes (tested on the CPU).
 step peregrine quantize --model $TINY --quant nf4 --out $TINY-bnb-nf4
 step peregrine quantize --model $TINY --quant int8 --out $TINY-bnb-int8
@@ -23,6 +24,18 @@ for q in bf16 int8 nf4 fp4; do
   step peregrine generate --device cuda --dummy-weights --model falcon-40b --quant $q --prompt-ids $SEED --max-new-tokens 100 --ignore-eos --json
 done
 step peregrine generate --device cuda --dummy-weights --model falcon-180b --quant nf4 --prompt-ids $SEED --max-new-tokens 30 --ignore-eos --json
-LIMIT=420 step peregrine bench --device cuda --out "$OUT/bench"
+fi
+# The transformers + bitsandbytes baseline (../shared/anchors/hf_bnb_baseline.py and a slim
+# bitsandbytes 0.50.2 wheel, carried in .carry/bnb.tar.xz), then the bench beside it.
+BASE=""
+if [ -f .carry/bnb.tar.xz ]; then
+  mkdir -p /tmp/site && tar -xJf .carry/bnb.tar.xz -C /tmp/site
+  for kind in ${BASELINE_KINDS:-nf4_bfloat16 bf16}; do
+    echo "=== baseline $kind" | tee -a "$LOG"
+    (cd /tmp/site && PYTHONPATH=/tmp/site timeout 170 python3 hf_bnb_baseline.py $kind) 2>&1 | grep -v Warning | tee -a "$OUT/baseline.log" >>"$LOG"
+  done
+  BASE="--baseline $OUT/baseline.log"
+fi
+LIMIT=280 step peregrine bench --device cuda --out "$OUT/bench" $BASE
 tar -czf "$OUT/bench.tgz" -C "$OUT" bench && rm -rf "$OUT/bench"
 grep -E "^(===|---)|test result|rel err|SKIPPED|tok/s|decode_tokens_per_s" "$LOG" | tail -80

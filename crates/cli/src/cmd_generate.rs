@@ -45,7 +45,7 @@ impl OnBackend for Job {
         } else {
             stream(&mut session, &req, tokenizer.as_ref(), a.prompt.as_deref())?
         };
-        report(&out, a.json, backend)
+        report(&out, a.json, backend, &loaded)
     }
 }
 
@@ -91,9 +91,11 @@ fn stream<B: Backend>(session: &mut Session<'_, B>, req: &GenerateRequest, tok: 
     Ok(out)
 }
 
-fn report<B: Backend>(out: &GenerateOutput, json: bool, backend: &B) -> Result<()> {
+fn report<B: Backend>(out: &GenerateOutput, json: bool, backend: &B, loaded: &crate::load::Loaded<B>) -> Result<()> {
     if json {
         let v = serde_json::json!({
+            "weights": loaded.weights_json(backend),
+            "peak_memory_bytes": backend.memory().peak_bytes,
             "ids": out.ids,
             "text": out.text,
             "prompt_tokens": out.prompt_tokens,

@@ -16,6 +16,23 @@ pub struct Loaded<B: Backend> {
     /// The model directory (None for a preset with synthetic weights).
     pub dir: Option<PathBuf>,
     pub quant: QuantKind,
+    pub opts: QuantOptions,
+}
+
+impl<B: Backend> Loaded<B> {
+    /// Resident weight bytes beside the format's own byte count (whole model and the
+    /// quantized block linears), for `--json` outputs.
+    pub fn weights_json(&self, backend: &B) -> serde_json::Value {
+        let (blocks, dense) = peregrine_models::model_format_bytes(&self.model.config, self.quant, &self.opts);
+        let resident = self.model.weight_bytes();
+        let block_resident = self.model.block_weight_bytes(backend);
+        serde_json::json!({
+            "quant": self.quant,
+            "resident_bytes": resident,
+            "format_bytes": blocks + dense,
+            "block_linears": { "resident_bytes": block_resident, "format_bytes": blocks },
+        })
+    }
 }
 
 /// Resolved weight-format settings. `quant: None` is `auto`: a pre-quantized checkpoint
@@ -97,18 +114,18 @@ pub fn load_model<B: Backend>(backend: &B, spec: &str, fmt: &FormatSpec, dummy: 
         let bar = progress(&config);
         let model = Falcon::load(backend, config, &mut source)?;
         bar.finish_and_clear();
-        return Ok(Loaded { model, dir, quant });
+        return Ok(Loaded { model, dir, quant, opts: fmt.opts });
     }
     let dir = model_dir(spec)?;
     let config = FalconConfig::from_dir(&dir)?;
     let (quant, opts) = fmt.resolve(&config, &dir.join("config.json"))?;
     let bar = progress(&config);
-    let model = peregrine_models::load_checkpoint(backend, &dir, quant, opts, |name| {
+    let model = peregrine_models::load_checkpoint(backend, &dir, quant, opts.clone(), |name| {
         bar.set_message(name.to_string());
         bar.inc(1);
     })?;
     bar.finish_and_clear();
-    Ok(Loaded { model, dir: Some(dir), quant })
+    Ok(Loaded { model, dir: Some(dir), quant, opts })
 }
 
 /// A load progress bar on stderr, one tick per parameter tensor (hidden when not a terminal).

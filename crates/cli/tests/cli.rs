@@ -160,3 +160,71 @@ fn quantize_writes_a_checkpoint_that_round_trips_to_identical_logits() {
         let _ = std::fs::remove_dir_all(out);
     }
 }
+
+#[test]
+fn bench_writes_the_whole_report_and_never_overwrites_it() {
+    let tiny = shared("models/peregrine-tiny-falcon");
+    let dir = temp_dir("bench");
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, "Once upon a time\n\nAnd God said\n").unwrap();
+    let text = dir.join("text.txt");
+    std::fs::write(&text, std::fs::read_to_string(shared("text/tinymix-valid.txt")).unwrap().chars().take(4000).collect::<String>()).unwrap();
+    let out = dir.join("report");
+    let args = ["bench", "--device", "cpu", "--model", &tiny, "--quant", "bf16,nf4", "--prompts", prompts.to_str().unwrap(),
+        "--max-new-tokens", "6", "--runs", "2", "--warmup", "0", "--ppl-file", text.to_str().unwrap(), "--ppl-ctx", "32",
+        "--ppl-chunks", "3", "--out", out.to_str().unwrap(), "--json"];
+    let report: serde_json::Value = serde_json::from_str(&stdout(&peregrine(&args))).unwrap();
+    let configs = report["configs"].as_array().unwrap();
+    assert_eq!(configs.len(), 2);
+    for c in configs {
+        assert_eq!(c["runs"].as_array().unwrap().len(), 4, "2 prompts x 2 runs");
+        for r in c["runs"].as_array().unwrap() {
+            assert_eq!(r["generated_tokens"], 6);
+            assert!(r["peak_memory_bytes"].as_u64().unwrap() > 0);
+        }
+        assert!(c["ppl"]["perplexity"].as_f64().unwrap() > 1.0);
+    }
+    assert!(configs[1]["ppl"]["kl_mean"].as_f64().unwrap() > 0.0, "nf4 differs from bf16");
+    for f in ["results.json", "results.csv", "outputs.md", "comparison.png", "seed-bf16.png", "seed-nf4.png"] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let rows = csv.lines().filter(|l| l.starts_with("bf16,bf16,") || l.starts_with("nf4,nf4,")).count();
+    assert_eq!(rows, 8, "one row per run");
+    assert_one_line_error(&peregrine(&args), "--force");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bench_rejects_bad_arguments_with_one_line() {
+    let tiny = shared("models/peregrine-tiny-falcon");
+    let dir = temp_dir("bench-bad");
+    std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+    let base = ["bench", "--device", "cpu", "--model", &tiny];
+    let with = |extra: &[&str]| peregrine(&[&base[..], extra].concat());
+    assert_one_line_error(&with(&["--quant", "bf16,int3"]), "unknown quantization");
+    assert_one_line_error(&with(&["--prompts", "/no/such/prompts.txt"]), "prompts.txt");
+    assert_one_line_error(&with(&["--runs", "0"]), "--runs");
+    assert_one_line_error(&with(&["--out", dir.to_str().unwrap()]), "notes.txt");
+    assert_eq!(std::fs::read_to_string(dir.join("notes.txt")).unwrap(), "mine", "a user's file is never touched");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn cuda_without_a_driver_is_one_clear_line() {
+    if peregrine_cuda_driver_present() {
+        eprintln!("SKIPPED: cuda_without_a_driver_is_one_clear_line: this machine has a CUDA driver");
+        return;
+    }
+    let tiny = shared("models/peregrine-tiny-falcon");
+    assert_one_line_error(&peregrine(&["generate", "--device", "cuda", "--model", &tiny, "--prompt", "hi"]), "no CUDA driver");
+    let o = peregrine(&["generate", "--device", "auto", "--model", &tiny, "--prompt", "Once", "--max-new-tokens", "2"]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("running on the CPU"));
+}
+
+fn peregrine_cuda_driver_present() -> bool {
+    ["/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/usr/lib64/libcuda.so.1", "/usr/local/nvidia/lib64/libcuda.so.1"]
+        .iter()
+        .any(|p| Path::new(p).exists())
+}

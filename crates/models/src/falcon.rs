@@ -121,6 +121,11 @@ impl<B: Backend> Falcon<B> {
         self.weight_bytes
     }
 
+    /// Bytes of the block linears resident on the backend (the quantized part of a model).
+    pub fn block_weight_bytes(&self, backend: &B) -> u64 {
+        self.blocks.iter().map(|b| block_linear_bytes(backend, b)).sum()
+    }
+
     /// Bytes one decode step must read: every block linear, the head, one embedding row.
     pub fn decode_read_bytes(&self, backend: &B) -> u64 {
         let head = self.lm_head.as_ref().unwrap_or(&self.embedding);

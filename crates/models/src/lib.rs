@@ -13,7 +13,7 @@ pub mod presets;
 pub use checkpoint::Checkpoint;
 pub use config::{BlockKind, FalconConfig, PositionKind};
 pub use falcon::{Falcon, LogitRows, Workspace};
-pub use params::{CheckpointSource, RandomSource, ParamSource, Role, VectorKind};
+pub use params::{linear_format_bytes, model_format_bytes, CheckpointSource, ParamSource, RandomSource, Role, VectorKind};
 
 use std::path::Path;
 

@@ -265,3 +265,32 @@ impl<B: Backend> ParamSource<B> for RandomSource {
         backend.load_vector(&HostTensor::from_f32(vec![len], &values))
     }
 }
+
+/// The bytes the stored format of an (N, K) linear takes (what `LinearWeight::stored_bytes`
+/// gives for it): the figure a backend's resident size is checked against.
+pub fn linear_format_bytes(kind: QuantKind, n: usize, k: usize, opts: &QuantOptions) -> u64 {
+    let (nk, n) = ((n * k) as u64, n as u64);
+    match kind {
+        QuantKind::F32 => 4 * nk,
+        QuantKind::F16 | QuantKind::Bf16 => 2 * nk,
+        QuantKind::Int8 => nk + 4 * n,
+        QuantKind::Nf4 | QuantKind::Fp4 => {
+            let blocks = nk.div_ceil(opts.blocksize as u64);
+            let scales = match opts.double_quant {
+                true => blocks + 4 * blocks.div_ceil(opts.nested_blocksize as u64) + 4 * 256 + 4,
+                false => 4 * blocks,
+            };
+            nk.div_ceil(2) + scales + 4 * 16
+        }
+    }
+}
+
+/// Format bytes of every linear of a model (block linears in `kind`, embedding and head dense).
+pub fn model_format_bytes(c: &crate::FalconConfig, kind: QuantKind, opts: &QuantOptions) -> (u64, u64) {
+    let d = c.hidden_size;
+    let shapes = [(c.qkv_width(), d), (d, c.n_head * c.head_dim), (c.ffn_hidden_size, d), (d, c.ffn_hidden_size)];
+    let blocks: u64 = c.n_layer as u64 * shapes.iter().map(|&(n, k)| linear_format_bytes(kind, n, k, opts)).sum::<u64>();
+    let heads = if c.tie_word_embeddings { 1 } else { 2 };
+    let dense = heads * linear_format_bytes(dense_kind(kind), c.vocab_size, d, opts);
+    (blocks, dense)
+}
