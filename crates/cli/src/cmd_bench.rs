@@ -13,7 +13,7 @@ use peregrine_bench::{
 };
 use peregrine_core::{Backend, Error, QuantKind, Result, SamplingParams};
 use peregrine_engine::{GenerateRequest, Session, Tokenizer};
-use peregrine_models::{presets, Falcon, FalconConfig};
+use peregrine_models::{presets, Falcon};
 
 use crate::args::DeviceArg;
 use crate::device::{dispatch, OnBackend};
@@ -157,18 +157,18 @@ impl OnBackend for Job {
 
 /// The model a bench without --model runs: falcon-40b if it fits, else the largest preset that does.
 fn default_preset<B: Backend>(backend: &B, specs: &[ConfigSpec]) -> Result<String> {
-    let on_gpu = backend.device_memory().is_some();
-    let available = match backend.device_memory() {
-        Some((free, _)) => free,
-        None => host_available_memory().unwrap_or(0),
-    };
-    let order = ["falcon-40b", "falcon2-11b", "falcon-7b", "falcon-rw-1b"];
-    for name in order {
+    let available = backend.device_memory().map_or(0, |m| m.0);
+    let opts = peregrine_quant::QuantOptions::default();
+    for name in ["falcon-40b", "falcon2-11b", "falcon-7b", "falcon-rw-1b"] {
         let config = presets::preset(name).expect("built-in preset")?;
-        let need = specs.iter().map(|s| estimate_bytes(&config, s.quant, on_gpu)).max().unwrap_or(0);
+        let weights = |q: QuantKind| {
+            let (blocks, dense) = peregrine_models::model_format_bytes(&config, q, &opts);
+            blocks + dense
+        };
+        let need = specs.iter().map(|s| weights(s.quant)).max().unwrap_or(0) + WORKING_SPACE;
         if need < available {
             eprintln!(
-                "peregrine: benchmarking synthetic {name} weights (needs about {:.1} GB of {:.1} GB available); answers are meaningless text",
+                "peregrine: benchmarking synthetic {name} weights (about {:.1} GB of {:.1} GB available); answers are meaningless text",
                 need as f64 / 1e9,
                 available as f64 / 1e9
             );
@@ -182,29 +182,8 @@ fn default_preset<B: Backend>(backend: &B, specs: &[ConfigSpec]) -> Result<Strin
     )))
 }
 
-/// Bytes a model needs resident in `kind` (the CPU keeps dense weights in f32), plus a
-/// margin for the KV cache and activations.
-fn estimate_bytes(c: &FalconConfig, kind: QuantKind, on_gpu: bool) -> u64 {
-    let dense = if on_gpu { 2.0 } else { 4.0 };
-    let per_param = match kind {
-        QuantKind::F32 => 4.0,
-        QuantKind::Int8 => 1.0 + 4.0 / c.hidden_size as f64,
-        QuantKind::Nf4 | QuantKind::Fp4 => 0.5 + 1.0 / 64.0,
-        _ => dense,
-    };
-    let head = (c.vocab_size * c.hidden_size) as f64 * if c.tie_word_embeddings { 1.0 } else { 2.0 };
-    let blocks = c.parameter_count() as f64 - head;
-    let margin = 2e9 + (c.n_layer * c.n_kv * c.head_dim * 2 * 2 * 2048) as f64;
-    (blocks * per_param + head * dense.min(if kind == QuantKind::F32 { 4.0 } else { dense }) + margin) as u64
-}
-
-/// MemAvailable from /proc/meminfo.
-fn host_available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
+/// Room for activations and the KV cache beside the weights.
+const WORKING_SPACE: u64 = 2_000_000_000;
 
 fn find_tokenizer(a: &BenchArgs, model: &str, dummy: bool) -> Result<Option<Tokenizer>> {
     if let Some(path) = &a.tokenizer {

@@ -110,6 +110,7 @@ pub fn load_model<B: Backend>(backend: &B, spec: &str, fmt: &FormatSpec, dummy: 
     if dummy {
         let (config, dir) = synthetic_config(spec)?;
         let quant = fmt.quant.unwrap_or(QuantKind::Bf16);
+        preflight(backend, &config, quant, &fmt.opts, spec)?;
         let mut source = RandomSource::new(quant, fmt.opts.clone(), 0x5eed, 0.02);
         let bar = progress(&config);
         let model = Falcon::load(backend, config, &mut source)?;
@@ -119,6 +120,7 @@ pub fn load_model<B: Backend>(backend: &B, spec: &str, fmt: &FormatSpec, dummy: 
     let dir = model_dir(spec)?;
     let config = FalconConfig::from_dir(&dir)?;
     let (quant, opts) = fmt.resolve(&config, &dir.join("config.json"))?;
+    preflight(backend, &config, quant, &opts, spec)?;
     let bar = progress(&config);
     let model = peregrine_models::load_checkpoint(backend, &dir, quant, opts.clone(), |name| {
         bar.set_message(name.to_string());
@@ -126,6 +128,26 @@ pub fn load_model<B: Backend>(backend: &B, spec: &str, fmt: &FormatSpec, dummy: 
     })?;
     bar.finish_and_clear();
     Ok(Loaded { model, dir: Some(dir), quant, opts })
+}
+
+/// Working space beyond the weights: activations, a KV cache, library workspaces.
+const WORKING_SPACE_BYTES: u64 = 1 << 30;
+
+/// Refuse, in one line, a model whose weights will not fit in the backend's free memory.
+fn preflight<B: Backend>(backend: &B, config: &FalconConfig, quant: QuantKind, opts: &QuantOptions, spec: &str) -> Result<()> {
+    let Some((free, _total)) = backend.device_memory() else { return Ok(()) };
+    let (blocks, dense) = peregrine_models::model_format_bytes(config, quant, opts);
+    let need = blocks + dense + WORKING_SPACE_BYTES;
+    if need > free {
+        return Err(Error::device(format!(
+            "{spec} in {quant} needs about {:.1} GB ({:.1} GB of weights + working space) but {:.1} GB are free on {}",
+            need as f64 / 1e9,
+            (blocks + dense) as f64 / 1e9,
+            free as f64 / 1e9,
+            backend.name()
+        )));
+    }
+    Ok(())
 }
 
 /// A load progress bar on stderr, one tick per parameter tensor (hidden when not a terminal).

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use peregrine_core::{
     backend::{MemoryStats, RotaryParams},
-    AttentionParams, Backend, Error, HostTensor, LayerKv, LinearWeight, QkvLayout, Result,
+    AttentionParams, Backend, DType, Error, HostTensor, LayerKv, LinearWeight, QkvLayout, Result,
 };
 use rayon::prelude::*;
 
@@ -68,11 +68,58 @@ pub struct CpuLinear {
     _mem: MemGuard,
 }
 
-/// Dense f32 (N, K), or a quantized format kept as stored.
+/// Dense (N, K) values as stored, or a quantized format kept as stored.
 pub enum CpuWeight {
-    Dense { rows: usize, cols: usize, data: Vec<f32> },
+    Dense { rows: usize, cols: usize, data: DenseData },
     Quantized(LinearWeight),
 }
+
+/// Dense weights in their stored precision: f32, or 16-bit (bf16/f16) bits widened to f32
+/// chunk by chunk when multiplied, so resident bytes equal the format's (the values, and
+/// so the f32 arithmetic, are the same either way).
+pub enum DenseData {
+    F32(Vec<f32>),
+    Half { dtype: DType, bits: Vec<u16> },
+}
+
+impl DenseData {
+    fn from_tensor(t: &HostTensor) -> Self {
+        match t.dtype {
+            DType::BF16 | DType::F16 => DenseData::Half {
+                dtype: t.dtype,
+                bits: t.bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect(),
+            },
+            _ => DenseData::F32(t.to_f32()),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            DenseData::F32(v) => 4 * v.len(),
+            DenseData::Half { bits, .. } => 2 * bits.len(),
+        }
+    }
+
+    /// Values [start, start + out.len()) widened to f32.
+    fn widen_into(&self, start: usize, out: &mut [f32]) {
+        match self {
+            DenseData::F32(v) => out.copy_from_slice(&v[start..start + out.len()]),
+            DenseData::Half { dtype, bits } => {
+                let src = &bits[start..start + out.len()];
+                let widen = |b: u16| match dtype {
+                    DType::BF16 => f32::from_bits((b as u32) << 16),
+                    _ => half::f16::from_bits(b).to_f32(),
+                };
+                out.par_chunks_mut(4096).zip(src.par_chunks(4096)).for_each(|(o, s)| {
+                    o.iter_mut().zip(s).for_each(|(o, &b)| *o = widen(b));
+                });
+            }
+        }
+    }
+}
+
+/// Weight elements widened per chunk of a 16-bit dense matmul.
+const WIDEN_CHUNK: usize = 1 << 20;
 
 /// The f32 CPU backend.
 #[derive(Default)]
@@ -121,12 +168,12 @@ impl Backend for CpuBackend {
         let weight = match w {
             LinearWeight::Dense(t) => {
                 let (rows, cols) = t.dims2();
-                CpuWeight::Dense { rows, cols, data: t.to_f32() }
+                CpuWeight::Dense { rows, cols, data: DenseData::from_tensor(&t) }
             }
             q => CpuWeight::Quantized(q),
         };
         let bytes = match &weight {
-            CpuWeight::Dense { data, .. } => 4 * data.len(),
+            CpuWeight::Dense { data, .. } => data.bytes(),
             CpuWeight::Quantized(q) => q.stored_bytes(),
         };
         Ok(CpuLinear { weight, _mem: MemGuard::new(&self.counters, bytes) })
@@ -153,7 +200,7 @@ impl Backend for CpuBackend {
                 return Err(Error::input(format!("token id {id} is outside the vocabulary (size {rows})")));
             }
             let cols = *cols;
-            out[t * cols..(t + 1) * cols].copy_from_slice(&data[id * cols..(id + 1) * cols]);
+            data.widen_into(id * cols, &mut out[t * cols..(t + 1) * cols]);
         }
         Ok(())
     }
@@ -178,7 +225,8 @@ impl Backend for CpuBackend {
         let (n, k) = self.linear_dims(w);
         let (x, out) = (&x[..rows * k], &mut out[..rows * n]);
         match &w.weight {
-            CpuWeight::Dense { data, .. } => matmul_transposed(x, rows, data, n, k, out),
+            CpuWeight::Dense { data: DenseData::F32(w), .. } => matmul_transposed(x, rows, w, n, k, out),
+            CpuWeight::Dense { data, .. } => matmul_widened(x, rows, data, n, k, out),
             CpuWeight::Quantized(q) => peregrine_quant::matmul(x, rows, q, out)?,
         }
         if let Some(b) = bias {
@@ -263,6 +311,16 @@ impl Backend for CpuBackend {
         let c = &self.counters;
         c.peak.store(c.current.load(Ordering::Relaxed), Ordering::Relaxed);
     }
+
+    /// Host memory: MemAvailable and MemTotal from /proc/meminfo.
+    fn device_memory(&self) -> Option<(u64, u64)> {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let line = text.lines().find(|l| l.starts_with(name))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+        };
+        Some((field("MemAvailable:")?, field("MemTotal:")?))
+    }
 }
 
 /// out (T, N) = x (T, K) @ W^T for row-major W (N, K), through the `gemm` crate.
@@ -292,6 +350,21 @@ pub fn matmul_transposed(x: &[f32], t: usize, w: &[f32], n: usize, k: usize, out
             false,
             gemm::Parallelism::Rayon(0),
         );
+    }
+}
+
+/// out (T, N) = x (T, K) @ W^T for 16-bit W, widening W a chunk of rows at a time.
+fn matmul_widened(x: &[f32], t: usize, w: &DenseData, n: usize, k: usize, out: &mut [f32]) {
+    let rows_per_chunk = (WIDEN_CHUNK / k.max(1)).clamp(1, n);
+    let mut chunk = vec![0f32; rows_per_chunk * k];
+    let mut part = vec![0f32; t * rows_per_chunk];
+    for n0 in (0..n).step_by(rows_per_chunk) {
+        let nc = rows_per_chunk.min(n - n0);
+        w.widen_into(n0 * k, &mut chunk[..nc * k]);
+        matmul_transposed(x, t, &chunk[..nc * k], nc, k, &mut part[..t * nc]);
+        for r in 0..t {
+            out[r * n + n0..r * n + n0 + nc].copy_from_slice(&part[r * nc..(r + 1) * nc]);
+        }
     }
 }
 
