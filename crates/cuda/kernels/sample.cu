@@ -177,7 +177,7 @@ __device__ void histogram(const u32* keys, int n, u32 prefix, u32 pmask, int shi
 /// Radix select for the cut `q` (see Found). `level1`: 0 build the first-digit histogram,
 /// 1 build it and keep a copy of its masses, 2 reuse the kept copy (same kept set and max).
 /// `rel`: the threshold is `factor` times the total mass, known after the first digit.
-__device__ Found radix_select(const u32* keys, int n, Search q, bool rel, double factor, Kept kept,
+__device__ __noinline__ Found radix_select(const u32* keys, int n, Search q, bool rel, double factor, Kept kept,
                               float smax, int level1, Shared& sh) {
     const int tid = threadIdx.x, nt = blockDim.x;
     const bool by_mass = q.mode != BY_COUNT;
@@ -254,7 +254,7 @@ __device__ Found radix_select(const u32* keys, int n, Search q, bool rel, double
 
 /// Index of the `q`-th (1-based) candidate with key `key`, in index order. Block scan over
 /// contiguous index chunks, one per thread.
-__device__ u32 find_nth(const u32* keys, int n, u32 key, u64 q, Shared& sh) {
+__device__ __noinline__ u32 find_nth(const u32* keys, int n, u32 key, u64 q, Shared& sh) {
     const int tid = threadIdx.x, nt = blockDim.x;
     const int chunk = (n + nt - 1) / nt;
     const int lo = min(n, tid * chunk), hi = min(n, lo + chunk);

@@ -166,6 +166,42 @@ impl CudaBackend {
     }
 }
 
+/// Rows up to this many tokens are sampled on the device (kernels/sample.cu keeps integer masses
+/// below 2^63); longer rows take the trait's host path.
+pub const SAMPLE_MAX_VOCAB: usize = 1 << 23;
+
+impl CudaBackend {
+    /// `Backend::sample` on the device: one block runs the whole sampler over row `row` of
+    /// `logits` (rows of `vocab`), and only the 4-byte token id is copied back. The uniform draw is
+    /// taken from `sampler` on the host exactly as the CPU path takes it, so a seed gives the same
+    /// tokens on both (see peregrine_core::sampling for the shared arithmetic).
+    fn sample_on_device(&self, logits: &CudaBuf, row: usize, vocab: usize, sampler: &mut peregrine_core::sampling::Sampler, history: &[u32]) -> Result<u32> {
+        let p = sampler.params().clone();
+        p.validate()?;
+        if vocab == 0 {
+            return Err(Error::input("sample: the vocabulary is empty"));
+        }
+        check_len("sample", "logits", logits.len(), (row + 1) * vocab)?;
+        as_i32("sample", "history length", history.len())?;
+        let r = if p.is_greedy() { 0.0 } else { sampler.next_uniform() };
+        let top_k = if p.top_k > 0 && p.top_k < vocab { p.top_k } else { vocab };
+        let hist = self.upload_u32(history)?;
+        let keys = self.dev.alloc_uninit::<u32>(vocab)?;
+        let out = self.dev.alloc_uninit::<u32>(1)?;
+        let a = Args::new().ptr(logits.ptr_at(row * vocab)).i32(vocab as i32).ptr(hist.ptr()).i32(history.len() as i32);
+        let a = a.ptr(keys.ptr()).ptr(out.ptr()).f32(p.temperature).i32(top_k as i32).f32(p.top_p);
+        let a = a.f32(p.repetition_penalty).f32(r);
+        // SAFETY: the row lies inside `logits` (checked), keys holds vocab u32 and out one; history
+        // ids are bounds-checked in the kernel; one block, as the kernel requires.
+        unsafe { self.dev.launch("sample", "sample_token_bf16", Grid::new((1, 1, 1), 1024), a)? };
+        let token = self.dev.download(&out, 0, 1)?[0];
+        if token as usize >= vocab {
+            return Err(Error::device(format!("sample: the kernel returned token {token} for a vocabulary of {vocab}")));
+        }
+        Ok(token)
+    }
+}
+
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
     type Linear = CudaLinear;
@@ -399,5 +435,13 @@ impl Backend for CudaBackend {
 
     fn reset_peak_memory(&self) {
         self.dev.mem.reset_peak()
+    }
+
+    fn sample(&self, logits: &CudaBuf, row: usize, vocab: usize, sampler: &mut peregrine_core::sampling::Sampler, history: &[u32]) -> Result<u32> {
+        if vocab > SAMPLE_MAX_VOCAB {
+            let mut values = self.download(logits, row * vocab, vocab)?;
+            return Ok(sampler.sample(&mut values, history));
+        }
+        self.sample_on_device(logits, row, vocab, sampler, history)
     }
 }

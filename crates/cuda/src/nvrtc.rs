@@ -37,6 +37,7 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource { name: "quant4", code: include_str!("../kernels/quant4.cu") },
     KernelSource { name: "int8", code: include_str!("../kernels/int8.cu") },
     KernelSource { name: "random", code: include_str!("../kernels/random.cu") },
+    KernelSource { name: "sample", code: include_str!("../kernels/sample.cu") },
 ];
 
 /// NVRTC's version as (major, minor). Call only after `libs::nvrtc_present()`.
