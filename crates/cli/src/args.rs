@@ -61,6 +61,16 @@ pub struct LoadArgs {
     /// (auto: a pre-quantized checkpoint keeps its format, others load as bf16).
     #[arg(long, default_value = "auto")]
     pub quant: String,
+    #[command(flatten)]
+    pub format: FormatArgs,
+    /// Random weights in the model's shape instead of a checkpoint (benchmarks without a download).
+    #[arg(long)]
+    pub dummy_weights: bool,
+}
+
+/// How the quantized formats are made (shared by every command that quantizes on load).
+#[derive(Args, Debug, Clone)]
+pub struct FormatArgs {
     /// int8 only: activation columns with any |x| >= T take the higher-precision path
     /// (bitsandbytes' LLM.int8 uses 6.0). Default: weight-only int8.
     #[arg(long, value_name = "T")]
@@ -71,9 +81,6 @@ pub struct LoadArgs {
     /// nf4/fp4 only: keep the block scales in f32 instead of double-quantizing them.
     #[arg(long)]
     pub no_double_quant: bool,
-    /// Random weights in the model's shape instead of a checkpoint (benchmarks without a download).
-    #[arg(long)]
-    pub dummy_weights: bool,
 }
 
 /// Sampling and stopping flags.
@@ -180,15 +187,8 @@ pub struct PplArgs {
     /// cpu, cuda or auto.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     pub device: DeviceArg,
-    /// int8 outlier threshold (default: weight-only int8).
-    #[arg(long, value_name = "T")]
-    pub int8_threshold: Option<f32>,
-    /// nf4/fp4 block size.
-    #[arg(long, default_value_t = 64)]
-    pub blocksize: usize,
-    /// nf4/fp4: no double quantization of the block scales.
-    #[arg(long)]
-    pub no_double_quant: bool,
+    #[command(flatten)]
+    pub format: FormatArgs,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,

@@ -15,7 +15,7 @@ use peregrine_core::{Backend, Error, QuantKind, Result, SamplingParams};
 use peregrine_engine::{GenerateRequest, Session, Tokenizer};
 use peregrine_models::{presets, Falcon};
 
-use crate::args::DeviceArg;
+use crate::args::{DeviceArg, FormatArgs};
 use crate::device::{dispatch, OnBackend};
 use crate::load::{load_model, FormatSpec};
 
@@ -74,21 +74,14 @@ pub struct BenchArgs {
     /// Random weights in the model's shape (implied when --model is absent).
     #[arg(long)]
     pub dummy_weights: bool,
-    /// int8 outlier threshold (default: weight-only int8).
-    #[arg(long, value_name = "T")]
-    pub int8_threshold: Option<f32>,
-    /// nf4/fp4 block size.
-    #[arg(long, default_value_t = 64)]
-    pub blocksize: usize,
-    /// nf4/fp4: no double quantization.
-    #[arg(long)]
-    pub no_double_quant: bool,
+    #[command(flatten)]
+    pub format: FormatArgs,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let specs = peregrine_bench::parse_quant_list(&args.quant)?;
     for s in &specs {
-        FormatSpec::from_args(s.quant.as_str(), args.int8_threshold, args.blocksize, args.no_double_quant)?;
+        FormatSpec::from_args(s.quant.as_str(), &args.format)?;
     }
     let prompts = match &args.prompts {
         Some(p) => read_prompt_file(p)?,
@@ -143,7 +136,7 @@ impl OnBackend for Job {
         report.commit = Some(env!("PEREGRINE_GIT_COMMIT").to_string()).filter(|c| !c.is_empty());
         report.synthetic_weights = dummy;
         report.configs = run_matrix(&self.plan, &self.specs, |spec| {
-            let fmt = FormatSpec::from_args(spec.quant.as_str(), a.int8_threshold, a.blocksize, a.no_double_quant)?;
+            let fmt = FormatSpec::from_args(spec.quant.as_str(), &a.format)?;
             let loaded = load_model(backend, &model_spec, &fmt, dummy)?;
             Ok(EngineTarget { backend, model: loaded.model, tokenizer: tokenizer.as_ref(), synthetic: dummy })
         })?;
@@ -216,7 +209,7 @@ fn add_quality<B: Backend>(
     let plan = peregrine_engine::WindowPlan { ctx: a.ppl_ctx, stride: a.ppl_ctx, chunks: a.ppl_chunks };
     let mut models = Vec::new();
     for c in &report.configs {
-        let fmt = FormatSpec::from_args(c.quant.as_str(), a.int8_threshold, a.blocksize, a.no_double_quant)?;
+        let fmt = FormatSpec::from_args(c.quant.as_str(), &a.format)?;
         models.push((c.label.clone(), load_model(backend, model, &fmt, a.dummy_weights || a.model.is_none())?.model));
     }
     let refs: Vec<(String, &Falcon<B>)> = models.iter().map(|(l, m)| (l.clone(), m)).collect();

@@ -23,7 +23,7 @@ fn parse_formats(list: &str, a: &PplArgs) -> Result<Vec<FormatSpec>> {
     let formats = list
         .split(',')
         .filter(|s| !s.trim().is_empty())
-        .map(|q| FormatSpec::from_args(q, a.int8_threshold, a.blocksize, a.no_double_quant))
+        .map(|q| FormatSpec::from_args(q, &a.format))
         .collect::<Result<Vec<_>>>()?;
     if formats.is_empty() {
         return Err(Error::input("--quant lists no configuration"));

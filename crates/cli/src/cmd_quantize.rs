@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use peregrine_core::{Error, HostTensor, Result};
 use peregrine_models::{checkpoint::write_safetensors, Checkpoint, FalconConfig};
 
-use crate::args::QuantizeArgs;
+use crate::args::{FormatArgs, QuantizeArgs};
 use crate::load::{model_dir, FormatSpec};
 
 /// Bytes per output shard.
@@ -22,7 +22,12 @@ const BLOCK_LINEARS: [&str; 4] =
     ["self_attention.query_key_value", "self_attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h"];
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
-    let fmt = FormatSpec::from_args(&args.quant, Some(args.int8_threshold), args.blocksize, args.no_double_quant)?;
+    let format = FormatArgs {
+        int8_threshold: Some(args.int8_threshold),
+        blocksize: args.blocksize,
+        no_double_quant: args.no_double_quant,
+    };
+    let fmt = FormatSpec::from_args(&args.quant, &format)?;
     let quant = fmt.quant.filter(|q| q.is_quantized()).ok_or_else(|| {
         Error::input(format!("--quant {}: `peregrine quantize` writes int8, nf4 or fp4", args.quant))
     })?;

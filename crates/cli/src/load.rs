@@ -8,7 +8,7 @@ use peregrine_core::{Backend, Error, QuantKind, Result};
 use peregrine_models::{presets, Falcon, FalconConfig, RandomSource};
 use peregrine_quant::QuantOptions;
 
-use crate::args::LoadArgs;
+use crate::args::{FormatArgs, LoadArgs};
 
 /// What was loaded, with where it came from.
 pub struct Loaded<B: Backend> {
@@ -45,7 +45,8 @@ pub struct FormatSpec {
 
 impl FormatSpec {
     /// Validate the format flags.
-    pub fn from_args(quant: &str, threshold: Option<f32>, blocksize: usize, no_double_quant: bool) -> Result<Self> {
+    pub fn from_args(quant: &str, format: &FormatArgs) -> Result<Self> {
+        let (threshold, blocksize) = (format.int8_threshold, format.blocksize);
         let quant: Option<QuantKind> = match quant.trim() {
             "auto" => None,
             q => Some(q.parse()?),
@@ -58,12 +59,17 @@ impl FormatSpec {
                 return Err(Error::input(format!("--int8-threshold must be > 0, got {t}")));
             }
         }
-        let opts = QuantOptions { blocksize, double_quant: !no_double_quant, int8_threshold: threshold, ..QuantOptions::default() };
+        let opts = QuantOptions {
+            blocksize,
+            double_quant: !format.no_double_quant,
+            int8_threshold: threshold,
+            ..QuantOptions::default()
+        };
         Ok(FormatSpec { quant, opts })
     }
 
     pub fn from_load_args(a: &LoadArgs) -> Result<Self> {
-        Self::from_args(&a.quant, a.int8_threshold, a.blocksize, a.no_double_quant)
+        Self::from_args(&a.quant, &a.format)
     }
 
     /// The concrete format for a model with `config`: `auto` follows its quantization_config.
