@@ -120,6 +120,7 @@ pub fn load_model<B: Backend>(backend: &B, spec: &str, fmt: &FormatSpec, dummy: 
         let mut source = RandomSource::new(quant, fmt.opts.clone(), 0x5eed, 0.02);
         let bar = progress(&config);
         let model = Falcon::load(backend, config, &mut source)?;
+        backend.synchronize()?; // device-side generation is asynchronous: finish it inside the load time
         bar.finish_and_clear();
         return Ok(Loaded { model, dir, quant, opts: fmt.opts });
     }
@@ -132,6 +133,7 @@ pub fn load_model<B: Backend>(backend: &B, spec: &str, fmt: &FormatSpec, dummy: 
         bar.set_message(name.to_string());
         bar.inc(1);
     })?;
+    backend.synchronize()?;
     bar.finish_and_clear();
     Ok(Loaded { model, dir: Some(dir), quant, opts })
 }
