@@ -62,7 +62,8 @@ fn print_rows(rows: &[QualityRow], a: &PplArgs) -> Result<()> {
         println!("{}", serde_json::json!({ "model": a.model, "ctx": a.ctx, "file": a.file, "results": rows }));
         return Ok(());
     }
-    let opt = |v: Option<f64>, scale: f64, digits: usize| v.map_or("-".to_string(), |x| format!("{:.*}", digits, x * scale));
+    let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |x| format!("{x:.digits$}"));
+    let share = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{:.2} %", 100.0 * x));
     println!("| config | perplexity | tokens | mean KL | KL p99 | same top token |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
@@ -71,9 +72,9 @@ fn print_rows(rows: &[QualityRow], a: &PplArgs) -> Result<()> {
             r.label,
             r.perplexity,
             r.tokens,
-            opt(r.kl_mean, 1.0, 6),
-            opt(r.kl_p99, 1.0, 6),
-            opt(r.top1_agree, 100.0, 2).replace('-', "-") + if r.top1_agree.is_some() { " %" } else { "" }
+            opt(r.kl_mean, 6),
+            opt(r.kl_p99, 6),
+            share(r.top1_agree)
         );
     }
     Ok(())
