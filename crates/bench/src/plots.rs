@@ -384,8 +384,12 @@ fn draw_ceiling(chart: &mut PanelChart<'_, '_>, x: f64, ceiling: f64, on_scale: 
         ))?;
         chart.draw_series([Text::new(format!("ceiling {}", num(ceiling)), (x, ceiling), style)])?;
     } else {
-        let note = format!("ceiling {} (off scale)", num(ceiling));
-        chart.draw_series([Text::new(note, (x, y_top * 0.97), style.pos(Pos::new(HPos::Center, VPos::Top)))])?;
+        // Two short lines, so neighbouring categories' notes never overlap or run off the panel.
+        let top = style.pos(Pos::new(HPos::Center, VPos::Top));
+        chart.draw_series([
+            Text::new(format!("ceiling {}", num(ceiling)), (x, y_top * 0.97), top.clone()),
+            Text::new("(off scale)".to_string(), (x, y_top * 0.91), top),
+        ])?;
     }
     Ok(())
 }
