@@ -17,12 +17,13 @@ if [ -z "${BENCH_ONLY:-}" ]; then
 # The bitsandbytes checkpoints are byte-identical to what `peregrine quantize` writes (tested on the CPU).
 step peregrine quantize --model $TINY --quant nf4 --out $TINY-bnb-nf4
 step peregrine quantize --model $TINY --quant int8 --out $TINY-bnb-int8
-for t in ops quant nvrtc_compile gpu_models; do step "$B/tests/$t" --test-threads=1 --nocapture; done
+for t in ops quant sampling nvrtc_compile gpu_models; do step "$B/tests/$t" --test-threads=1 --nocapture; done
 step peregrine generate --device cuda --model $TINY --prompt "Once upon a time" --max-new-tokens 40
 SEED=12081,241,1962,544,241,13215,2464,325,14465,11659,23,480,335,28563,9315,25
 for q in bf16 int8 nf4 fp4; do
   step peregrine generate --device cuda --dummy-weights --model falcon-40b --quant $q --prompt-ids $SEED --max-new-tokens 100 --ignore-eos --json
 done
+step peregrine generate --device cuda --dummy-weights --model falcon-40b --quant nf4 --prompt-ids $SEED --max-new-tokens 100 --temperature 0.8 --top-k 40 --top-p 0.95 --repetition-penalty 1.2 --seed 7 --json
 step peregrine generate --device cuda --dummy-weights --model falcon-180b --quant nf4 --prompt-ids $SEED --max-new-tokens 30 --ignore-eos --json
 fi
 # The transformers + bitsandbytes baseline (../shared/anchors/hf_bnb_baseline.py and a slim
