@@ -11,13 +11,13 @@ use peregrine_bench::{
     prepare_out_dir, read_prompt_file, render_table, run_matrix, seed_prompts, write_report, BenchPlan, BenchReport,
     BenchTarget, ConfigSpec, Generation, GenerationLimit,
 };
-use peregrine_core::{Backend, Error, QuantKind, Result, SamplingParams};
+use peregrine_core::{Backend, Error, Result, SamplingParams};
 use peregrine_engine::{GenerateRequest, Session, Tokenizer};
 use peregrine_models::{presets, Falcon};
 
 use crate::args::{DeviceArg, FormatArgs};
 use crate::device::{dispatch, OnBackend};
-use crate::load::{load_model, FormatSpec};
+use crate::load::{load_model, required_bytes, FormatSpec};
 
 /// Flags of `peregrine bench`.
 #[derive(Args, Debug)]
@@ -157,11 +157,7 @@ fn default_preset<B: Backend>(backend: &B, specs: &[ConfigSpec]) -> Result<Strin
     let opts = peregrine_quant::QuantOptions::default();
     for name in ["falcon-40b", "falcon2-11b", "falcon-7b", "falcon-rw-1b"] {
         let config = presets::preset(name).expect("built-in preset")?;
-        let weights = |q: QuantKind| {
-            let (blocks, dense) = peregrine_models::model_format_bytes(&config, q, &opts);
-            blocks + dense
-        };
-        let need = specs.iter().map(|s| weights(s.quant)).max().unwrap_or(0) + WORKING_SPACE;
+        let need = specs.iter().map(|s| required_bytes(&config, s.quant, &opts)).max().unwrap_or(0);
         if need < available {
             eprintln!(
                 "peregrine: benchmarking synthetic {name} weights (about {:.1} GB of {:.1} GB available); answers are meaningless text",
@@ -177,9 +173,6 @@ fn default_preset<B: Backend>(backend: &B, specs: &[ConfigSpec]) -> Result<Strin
         backend.name()
     )))
 }
-
-/// Room for activations and the KV cache beside the weights.
-const WORKING_SPACE: u64 = 2_000_000_000;
 
 fn find_tokenizer(a: &BenchArgs, model: &str, dummy: bool) -> Result<Option<Tokenizer>> {
     if let Some(path) = &a.tokenizer {

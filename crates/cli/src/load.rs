@@ -141,16 +141,21 @@ pub fn load_model<B: Backend>(backend: &B, spec: &str, fmt: &FormatSpec, dummy: 
 /// Working space beyond the weights: activations, a KV cache, library workspaces.
 const WORKING_SPACE_BYTES: u64 = 1 << 30;
 
+/// Bytes a model needs in `quant`: its weights in that format plus working space.
+pub fn required_bytes(config: &FalconConfig, quant: QuantKind, opts: &QuantOptions) -> u64 {
+    let (blocks, dense) = peregrine_models::model_format_bytes(config, quant, opts);
+    blocks + dense + WORKING_SPACE_BYTES
+}
+
 /// Refuse, in one line, a model whose weights will not fit in the backend's free memory.
 fn preflight<B: Backend>(backend: &B, config: &FalconConfig, quant: QuantKind, opts: &QuantOptions, spec: &str) -> Result<()> {
     let Some((free, _total)) = backend.device_memory() else { return Ok(()) };
-    let (blocks, dense) = peregrine_models::model_format_bytes(config, quant, opts);
-    let need = blocks + dense + WORKING_SPACE_BYTES;
+    let need = required_bytes(config, quant, opts);
     if need > free {
         return Err(Error::device(format!(
             "{spec} in {quant} needs about {:.1} GB ({:.1} GB of weights + working space) but {:.1} GB are free on {}",
             need as f64 / 1e9,
-            (blocks + dense) as f64 / 1e9,
+            (need - WORKING_SPACE_BYTES) as f64 / 1e9,
             free as f64 / 1e9,
             backend.name()
         )));

@@ -65,7 +65,8 @@ impl DerefMut for CpuBuf {
 /// A linear layer on the CPU.
 pub struct CpuLinear {
     pub weight: CpuWeight,
-    _mem: MemGuard,
+    /// Counts the weight's bytes while it lives.
+    mem: MemGuard,
 }
 
 /// Dense (N, K) values as stored, or a quantized format kept as stored.
@@ -176,7 +177,7 @@ impl Backend for CpuBackend {
             CpuWeight::Dense { data, .. } => data.bytes(),
             CpuWeight::Quantized(q) => q.stored_bytes(),
         };
-        Ok(CpuLinear { weight, _mem: MemGuard::new(&self.counters, bytes) })
+        Ok(CpuLinear { weight, mem: MemGuard::new(&self.counters, bytes) })
     }
 
     fn linear_dims(&self, w: &CpuLinear) -> (usize, usize) {
@@ -187,7 +188,7 @@ impl Backend for CpuBackend {
     }
 
     fn linear_bytes(&self, w: &CpuLinear) -> usize {
-        w._mem.bytes as usize
+        w.mem.bytes as usize
     }
 
     fn embedding(&self, table: &CpuLinear, ids: &[u32], out: &mut CpuBuf) -> Result<()> {
@@ -357,6 +358,11 @@ pub fn matmul_transposed(x: &[f32], t: usize, w: &[f32], n: usize, k: usize, out
 fn matmul_widened(x: &[f32], t: usize, w: &DenseData, n: usize, k: usize, out: &mut [f32]) {
     let rows_per_chunk = (WIDEN_CHUNK / k.max(1)).clamp(1, n);
     let mut chunk = vec![0f32; rows_per_chunk * k];
+    if rows_per_chunk == n {
+        // The whole weight fits one chunk: multiply straight into `out`.
+        w.widen_into(0, &mut chunk);
+        return matmul_transposed(x, t, &chunk, n, k, out);
+    }
     let mut part = vec![0f32; t * rows_per_chunk];
     for n0 in (0..n).step_by(rows_per_chunk) {
         let nc = rows_per_chunk.min(n - n0);

@@ -255,21 +255,45 @@ fn timings(start: Instant, first: Option<Instant>, generated: usize) -> Timings 
     Timings { time_to_first_token_s: ttft, decode_s, total_s, decode_tokens_per_s: rate }
 }
 
+/// A KV cache and workspace for one-forward logits of up to `tokens` ids, reused across calls
+/// (perplexity scores hundreds of windows; allocating per window would dominate on a GPU).
+pub struct AllLogits<B: Backend> {
+    cache: KvCache<B>,
+    ws: Workspace<B>,
+    tokens: usize,
+}
+
+impl<B: Backend> AllLogits<B> {
+    /// Buffers for forwards of up to `tokens` ids through `model`.
+    pub fn new(backend: &B, model: &Falcon<B>, tokens: usize) -> Result<Self> {
+        let c = &model.config;
+        if tokens == 0 {
+            return Err(Error::input("no input ids"));
+        }
+        if tokens > c.max_position_embeddings {
+            return Err(Error::input(format!("{tokens} ids exceed the model's context of {}", c.max_position_embeddings)));
+        }
+        let cache = KvCache::new(backend, c.n_layer, tokens, c.n_kv, c.head_dim)?;
+        let ws = model.workspace(backend, tokens, tokens)?;
+        Ok(AllLogits { cache, ws, tokens })
+    }
+
+    /// Logits of every position of `ids` from one forward: (T, V) row-major.
+    pub fn run(&mut self, backend: &B, model: &Falcon<B>, ids: &[u32]) -> Result<Vec<f32>> {
+        let t = ids.len();
+        if t == 0 || t > self.tokens {
+            return Err(Error::input(format!("{t} ids for buffers sized for 1..={}", self.tokens)));
+        }
+        self.cache.clear();
+        let positions: Vec<u32> = (0..t as u32).collect();
+        model.forward(backend, ids, &positions, &mut self.cache, &mut self.ws, LogitRows::All)?;
+        backend.download(&self.ws.logits, 0, t * model.config.vocab_size)
+    }
+}
+
 /// Logits of every position of `ids` from one forward: (T, V) row-major.
 pub fn all_logits<B: Backend>(backend: &B, model: &Falcon<B>, ids: &[u32]) -> Result<Vec<f32>> {
-    let c = &model.config;
-    let t = ids.len();
-    if t == 0 {
-        return Err(Error::input("no input ids"));
-    }
-    if t > c.max_position_embeddings {
-        return Err(Error::input(format!("{t} ids exceed the model's context of {}", c.max_position_embeddings)));
-    }
-    let mut cache = KvCache::new(backend, c.n_layer, t, c.n_kv, c.head_dim)?;
-    let mut ws = model.workspace(backend, t, t)?;
-    let positions: Vec<u32> = (0..t as u32).collect();
-    model.forward(backend, ids, &positions, &mut cache, &mut ws, LogitRows::All)?;
-    backend.download(&ws.logits, 0, t * c.vocab_size)
+    AllLogits::new(backend, model, ids.len())?.run(backend, model, ids)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use peregrine_core::{Backend, Error, Result};
 use peregrine_models::Falcon;
 use rayon::prelude::*;
 
-use crate::generate::all_logits;
+use crate::generate::AllLogits;
 
 /// Which windows to score.
 #[derive(Clone, Copy, Debug)]
@@ -80,12 +80,13 @@ pub fn quality_report<B: Backend>(
 ) -> Result<Vec<QualityRow>> {
     let starts = plan.starts(tokens.len())?;
     let mut acc: Vec<Accum> = models.iter().map(|_| Accum::default()).collect();
+    let mut runners = models.iter().map(|(_, m)| AllLogits::new(backend, m, plan.ctx)).collect::<Result<Vec<_>>>()?;
     for (w, &s) in starts.iter().enumerate() {
         let window = &tokens[s..s + plan.ctx];
         let targets = &window[plan.first_scored(w) + 1..];
         let mut reference: Option<Vec<Vec<f32>>> = None;
         for (i, (_, model)) in models.iter().enumerate() {
-            let logits = all_logits(backend, model, window)?;
+            let logits = runners[i].run(backend, model, window)?;
             let v = model.config.vocab_size;
             let rows: Vec<Vec<f32>> = logits.chunks(v).skip(plan.first_scored(w)).take(targets.len()).map(log_softmax).collect();
             score(&rows, targets, reference.as_deref(), &mut acc[i]);
