@@ -117,6 +117,29 @@ pub struct SyntheticFormat {
     pub int8_threshold: Option<f32>,
 }
 
+/// What a linear does with its result `y = x @ W^T + bias` as it stores it (fusing the next
+/// element-wise op into the matmul saves a pass over the activations and a kernel launch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Epilogue {
+    /// out = y
+    Store,
+    /// out = GELU(y), the exact erf form (Falcon's MLP).
+    Gelu,
+    /// out = out + y (a residual add).
+    Accumulate,
+}
+
+impl Epilogue {
+    /// The code the GPU kernels take (0 store, 1 GELU, 2 accumulate).
+    pub fn code(self) -> i32 {
+        match self {
+            Epilogue::Store => 0,
+            Epilogue::Gelu => 1,
+            Epilogue::Accumulate => 2,
+        }
+    }
+}
+
 /// Bytes on a device: now and the high-water mark since the last reset.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct MemoryStats {
@@ -170,6 +193,17 @@ pub trait Backend {
         rows: usize,
         w: &Self::Linear,
         bias: Option<&Self::Buf>,
+        out: &mut Self::Buf,
+    ) -> Result<()>;
+    /// out (T, N) = epilogue(x (T, K) @ W^T + bias): `linear` with the next element-wise op fused.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_fused(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        w: &Self::Linear,
+        bias: Option<&Self::Buf>,
+        epilogue: Epilogue,
         out: &mut Self::Buf,
     ) -> Result<()>;
     /// Rotate the Q and K heads of a fused qkv (T, row_width) in place.

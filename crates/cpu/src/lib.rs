@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use peregrine_core::{
     backend::{MemoryStats, RotaryParams},
-    AttentionParams, Backend, DType, Error, HostTensor, LayerKv, LinearWeight, QkvLayout, Result,
+    AttentionParams, Backend, DType, Epilogue, Error, HostTensor, LayerKv, LinearWeight, QkvLayout, Result,
 };
 use rayon::prelude::*;
 
@@ -234,6 +234,22 @@ impl Backend for CpuBackend {
             out.par_chunks_mut(n).for_each(|row| row.iter_mut().zip(b.iter()).for_each(|(o, b)| *o += b));
         }
         Ok(())
+    }
+
+    fn linear_fused(&self, x: &CpuBuf, rows: usize, w: &CpuLinear, bias: Option<&CpuBuf>, epilogue: Epilogue, out: &mut CpuBuf) -> Result<()> {
+        let n = self.linear_dims(w).0 * rows;
+        match epilogue {
+            Epilogue::Store => self.linear(x, rows, w, bias, out),
+            Epilogue::Gelu => {
+                self.linear(x, rows, w, bias, out)?;
+                self.gelu(out, n)
+            }
+            Epilogue::Accumulate => {
+                let mut y = self.alloc(n)?;
+                self.linear(x, rows, w, bias, &mut y)?;
+                self.add(out, &y, n)
+            }
+        }
     }
 
     fn rotary(&self, qkv: &mut CpuBuf, layout: QkvLayout, positions: &[u32], rope: RotaryParams) -> Result<()> {

@@ -85,7 +85,7 @@ __device__ __forceinline__ u32 word_of(const uint4& q, int i) { return i == 0 ? 
 template <int MAXT>
 __device__ __forceinline__ void gemv_int8_body(const bf16* __restrict__ x, const i8* __restrict__ cb,
                                                const float* __restrict__ scb, int N, int K, int T,
-                                               const bf16* __restrict__ bias, bf16* __restrict__ out) {
+                                               const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int n0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_ROWS;
     if (n0 >= N) return;
@@ -139,7 +139,7 @@ __device__ __forceinline__ void gemv_int8_body(const bf16* __restrict__ x, const
         for (int t = 0; t < MAXT; t++) {
             if (t < T) {
                 const float v = warp_sum(acc[r][t]);
-                if (lane == 0 && n < N) out[(i64)t * N + n] = f2bf(__fmul_rn(v * s, INV_127) + bv);
+                if (lane == 0 && n < N) store_epilogue(out, (i64)t * N + n, __fmul_rn(v * s, INV_127) + bv, epi);
             }
         }
     }
@@ -152,7 +152,7 @@ __device__ __forceinline__ void gemv_int8_mixed_body(const i8* __restrict__ xq, 
                                                      const i8* __restrict__ cb, const float* __restrict__ scb,
                                                      const bf16* __restrict__ x, const int* __restrict__ cols,
                                                      const int* __restrict__ count, int N, int K, int T,
-                                                     const bf16* __restrict__ bias, bf16* __restrict__ out) {
+                                                     const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int n0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_ROWS;
     if (n0 >= N) return;
@@ -223,7 +223,7 @@ __device__ __forceinline__ void gemv_int8_mixed_body(const i8* __restrict__ xq, 
                     float v = __fmul_rn((float)ai * sca[t] * scb[n], MM_DEQUANT_CONST);
                     if (bias) v += bf2f(bias[n]);
                     v = bf2f(f2bf(round_f16(v)));
-                    out[(i64)t * N + n] = f2bf(v + o);
+                    store_epilogue(out, (i64)t * N + n, v + o, epi);
                 }
             }
         }
@@ -232,13 +232,13 @@ __device__ __forceinline__ void gemv_int8_mixed_body(const i8* __restrict__ xq, 
 
 #define GEMV_INT8_KERNELS(MAXT)                                                                                   \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_int8_bf16_t##MAXT(                          \
-        const bf16* x, const i8* cb, const float* scb, int N, int K, int T, const bf16* bias, bf16* out) {         \
-        gemv_int8_body<MAXT>(x, cb, scb, N, K, T, bias, out);                                                     \
+        const bf16* x, const i8* cb, const float* scb, int N, int K, int T, const bf16* bias, int epi, bf16* out) {         \
+        gemv_int8_body<MAXT>(x, cb, scb, N, K, T, bias, epi, out);                                                     \
     }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_int8_mixed_bf16_t##MAXT(                    \
         const i8* xq, const float* sca, const i8* cb, const float* scb, const bf16* x, const int* cols,           \
-        const int* count, int N, int K, int T, const bf16* bias, bf16* out) {                                     \
-        gemv_int8_mixed_body<MAXT>(xq, sca, cb, scb, x, cols, count, N, K, T, bias, out);                         \
+        const int* count, int N, int K, int T, const bf16* bias, int epi, bf16* out) {                                     \
+        gemv_int8_mixed_body<MAXT>(xq, sca, cb, scb, x, cols, count, N, K, T, bias, epi, out);                         \
     }
 
 GEMV_INT8_KERNELS(1)
@@ -312,7 +312,7 @@ __device__ __forceinline__ void int8_mm_body(const i8* __restrict__ xq, const fl
                                              const i8* __restrict__ cb, const float* __restrict__ scb,
                                              const bf16* __restrict__ x, const int* __restrict__ cols,
                                              const int* __restrict__ count, int T, int N, int K,
-                                             const bf16* __restrict__ bias, bf16* __restrict__ out) {
+                                             const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
     constexpr int RM = BM / 16;  // rows per thread
     __shared__ int Xs[BM][MM_LDW];
     __shared__ int Ws[MM_BN][MM_LDW];
@@ -367,19 +367,19 @@ __device__ __forceinline__ void int8_mm_body(const i8* __restrict__ xq, const fl
                 const float w = round_bf16(dequant_int8(cb[(i64)n * K + k], scb[n]));
                 o += bf2f(x[(i64)t * K + k]) * w;
             }
-            out[(i64)t * N + n] = f2bf(v + o);
+            store_epilogue(out, (i64)t * N + n, v + o, epi);
         }
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     int8_mm_bf16_bm16(const i8* xq, const float* sca, const i8* cb, const float* scb, const bf16* x, const int* cols,
-                      const int* count, int T, int N, int K, const bf16* bias, bf16* out) {
-    int8_mm_body<16>(xq, sca, cb, scb, x, cols, count, T, N, K, bias, out);
+                      const int* count, int T, int N, int K, const bf16* bias, int epi, bf16* out) {
+    int8_mm_body<16>(xq, sca, cb, scb, x, cols, count, T, N, K, bias, epi, out);
 }
 
 extern "C" __global__ void __launch_bounds__(256)
     int8_mm_bf16_bm64(const i8* xq, const float* sca, const i8* cb, const float* scb, const bf16* x, const int* cols,
-                      const int* count, int T, int N, int K, const bf16* bias, bf16* out) {
-    int8_mm_body<64>(xq, sca, cb, scb, x, cols, count, T, N, K, bias, out);
+                      const int* count, int T, int N, int K, const bf16* bias, int epi, bf16* out) {
+    int8_mm_body<64>(xq, sca, cb, scb, x, cols, count, T, N, K, bias, epi, out);
 }

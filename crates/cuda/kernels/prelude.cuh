@@ -33,6 +33,14 @@ __device__ __forceinline__ void unpack8_bf16(uint4 w, float* out) {
     }
 }
 
+/// Store a linear's result y at out[i] under an epilogue (peregrine_core::Epilogue codes: 0 store,
+/// 1 exact erf GELU, 2 accumulate onto what out[i] holds), rounding to bf16 once.
+__device__ __forceinline__ void store_epilogue(bf16* out, i64 i, float y, int epi) {
+    if (epi == 1) y = 0.5f * y * (1.0f + erff(y * 0.70710678118654752440f));
+    else if (epi == 2) y += bf2f(out[i]);
+    out[i] = f2bf(y);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);

@@ -98,7 +98,7 @@ __device__ __forceinline__ void gemv4_body(const bf16* __restrict__ x, const u8*
                                            const float* __restrict__ absmax_code, const float* __restrict__ nested,
                                            int nested_blocksize, float offset, const float* __restrict__ code,
                                            int blocksize, int N, int K, int T, const bf16* __restrict__ bias,
-                                           bf16* __restrict__ out) {
+                                           int epi, bf16* __restrict__ out) {
     __shared__ float lut[16];
     __shared__ float lut2[256];
     if (threadIdx.x < 16) lut[threadIdx.x] = code[threadIdx.x];
@@ -168,7 +168,7 @@ __device__ __forceinline__ void gemv4_body(const bf16* __restrict__ x, const u8*
         for (int t = 0; t < MAXT; t++) {
             if (t < T) {
                 const float s = warp_sum(acc[r][t]);
-                if (lane == 0 && n < N) out[(i64)t * N + n] = f2bf(s + bv);
+                if (lane == 0 && n < N) store_epilogue(out, (i64)t * N + n, s + bv, epi);
             }
         }
     }
@@ -178,9 +178,9 @@ __device__ __forceinline__ void gemv4_body(const bf16* __restrict__ x, const u8*
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv4_bf16_t##MAXT(                           \
         const bf16* x, const u8* packed, const float* absmax, const u8* absmax_q, const float* absmax_code,    \
         const float* nested, int nested_blocksize, float offset, const float* code, int blocksize, int N, int K, \
-        int T, const bf16* bias, bf16* out) {                                                                  \
+        int T, const bf16* bias, int epi, bf16* out) {                                                                \
         gemv4_body<MAXT>(x, packed, absmax, absmax_q, absmax_code, nested, nested_blocksize, offset, code,     \
-                         blocksize, N, K, T, bias, out);                                                       \
+                         blocksize, N, K, T, bias, epi, out);                                                       \
     }
 
 GEMV4_KERNEL(1)

@@ -13,7 +13,7 @@
 //! positions, N/K = linear out/in features.
 
 use half::bf16;
-use peregrine_core::{AttentionParams, Backend, Error, HostTensor, LayerKv, LinearWeight, MemoryStats, QkvLayout, QuantKind, Result, RotaryParams};
+use peregrine_core::{AttentionParams, Backend, Epilogue, Error, HostTensor, LayerKv, LinearWeight, MemoryStats, QkvLayout, QuantKind, Result, RotaryParams};
 
 use crate::alloc::DeviceBuffer;
 use crate::device::{Args, Device, Grid};
@@ -296,6 +296,10 @@ impl Backend for CudaBackend {
     }
 
     fn linear(&self, x: &CudaBuf, rows: usize, w: &CudaLinear, bias: Option<&CudaBuf>, out: &mut CudaBuf) -> Result<()> {
+        self.linear_fused(x, rows, w, bias, Epilogue::Store, out)
+    }
+
+    fn linear_fused(&self, x: &CudaBuf, rows: usize, w: &CudaLinear, bias: Option<&CudaBuf>, epilogue: Epilogue, out: &mut CudaBuf) -> Result<()> {
         let (n, k) = w.dims();
         check_len("linear", "x", x.len(), rows * k)?;
         check_len("linear", "out", out.len(), rows * n)?;
@@ -305,7 +309,7 @@ impl Backend for CudaBackend {
         as_i32("linear", "N", n)?;
         as_i32("linear", "K", k)?;
         // SAFETY: lengths checked above.
-        unsafe { linear::matmul(&self.dev, x.ptr(), rows, w, bias.map(|b| b.ptr()), out.ptr()) }
+        unsafe { linear::matmul(&self.dev, x.ptr(), rows, w, bias.map(|b| b.ptr()), epilogue, out.ptr()) }
     }
 
     fn rotary(&self, qkv: &mut CudaBuf, layout: QkvLayout, positions: &[u32], rope: RotaryParams) -> Result<()> {

@@ -12,7 +12,7 @@
 //! Legend: N = output features, K = input features, T = rows of the activation.
 
 use half::bf16;
-use peregrine_core::{Absmax, DType, Error, FourBitFormat, FourBitWeight, Int8Weight, LinearWeight, Result};
+use peregrine_core::{Absmax, DType, Epilogue, Error, FourBitFormat, FourBitWeight, Int8Weight, LinearWeight, Result};
 
 use crate::alloc::DeviceBuffer;
 use crate::device::{Args, Device, Grid};
@@ -206,32 +206,36 @@ pub unsafe fn dequantize_rows(dev: &Device, w: &CudaLinear, row_ids: Option<u64>
     }
 }
 
-/// out (T, N) = x (T, K) @ W^T (+ bias), all bf16 buffers given as pointers.
+/// out (T, N) = epi(x (T, K) @ W^T (+ bias)), all bf16 buffers given as pointers. The GEMV
+/// kernels apply the epilogue as they store; the cuBLAS paths accumulate through beta = 1 and
+/// run GELU as a separate pass.
 ///
 /// # Safety
 /// x must hold rows*K, out rows*N, bias (if any) N bf16 values (the backend checks).
-pub unsafe fn matmul(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Option<u64>, out: u64) -> Result<()> {
+pub unsafe fn matmul(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Option<u64>, epi: Epilogue, out: u64) -> Result<()> {
     let (n, k) = w.dims();
     if rows == 0 || n == 0 {
         return Ok(());
     }
+    let beta = if epi == Epilogue::Accumulate { 1.0 } else { 0.0 };
     match w {
         CudaLinear::Dense { w, .. } => {
-            dev.gemm_xwt_bf16(x, rows, w.ptr(), n, k, out, n, 0.0)?;
-            add_bias(dev, out, rows, n, bias)
+            dev.gemm_xwt_bf16(x, rows, w.ptr(), n, k, out, n, beta)?;
+            add_bias(dev, out, rows, n, bias)?;
+            gelu_pass(dev, out, rows * n, epi)
         }
         CudaLinear::FourBit { packed, absmax, code, blocksize, .. } if rows <= GEMV_MAX_ROWS && k % 32 == 0 && blocksize % 32 == 0 => {
             let a = absmax.args(Args::new().ptr(x).ptr(packed.ptr()));
-            let a = a.ptr(code.ptr()).i32(*blocksize as i32).i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).ptr(out);
+            let a = a.ptr(code.ptr()).i32(*blocksize as i32).i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).i32(epi.code()).ptr(out);
             dev.launch("quant4", gemv_kernel(["gemv4_bf16_t1", "gemv4_bf16_t2", "gemv4_bf16_t4", "gemv4_bf16_t8"], rows), gemv_grid(n), a)
         }
         CudaLinear::Int8 { cb, scb, threshold: None, .. } if rows <= GEMV_MAX_ROWS && k % 16 == 0 => {
-            let a = Args::new().ptr(x).ptr(cb.ptr()).ptr(scb.ptr()).i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).ptr(out);
+            let a = Args::new().ptr(x).ptr(cb.ptr()).ptr(scb.ptr()).i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).i32(epi.code()).ptr(out);
             let names = ["gemv_int8_bf16_t1", "gemv_int8_bf16_t2", "gemv_int8_bf16_t4", "gemv_int8_bf16_t8"];
             dev.launch("int8", gemv_kernel(names, rows), gemv_grid(n), a)
         }
-        CudaLinear::Int8 { cb, scb, threshold: Some(thr), .. } => int8_mixed(dev, x, rows, cb, scb, *thr, n, k, bias, out),
-        _ => dequant_gemm(dev, x, rows, w, bias, out),
+        CudaLinear::Int8 { cb, scb, threshold: Some(thr), .. } => int8_mixed(dev, x, rows, cb, scb, *thr, n, k, bias, epi, out),
+        _ => dequant_gemm(dev, x, rows, w, bias, epi, out),
     }
 }
 
@@ -252,7 +256,8 @@ fn gemv_grid(n: usize) -> Grid {
 
 /// Prefill path for quantized weights: dequantize chunks of rows to bf16, cuBLAS each chunk
 /// into its column range of `out`.
-unsafe fn dequant_gemm(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Option<u64>, out: u64) -> Result<()> {
+unsafe fn dequant_gemm(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Option<u64>, epi: Epilogue, out: u64) -> Result<()> {
+    let beta = if epi == Epilogue::Accumulate { 1.0 } else { 0.0 };
     let (n, k) = w.dims();
     let chunk_rows = (DEQUANT_CHUNK_ELEMS / k.max(1)).clamp(1, n);
     let scratch = dev.alloc_uninit::<bf16>(chunk_rows * k)?;
@@ -260,10 +265,20 @@ unsafe fn dequant_gemm(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: 
     while r0 < n {
         let nr = chunk_rows.min(n - r0);
         dequantize_rows(dev, w, None, r0, nr, scratch.ptr())?;
-        dev.gemm_xwt_bf16(x, rows, scratch.ptr(), nr, k, out + (r0 * 2) as u64, n, 0.0)?;
+        dev.gemm_xwt_bf16(x, rows, scratch.ptr(), nr, k, out + (r0 * 2) as u64, n, beta)?;
         r0 += nr;
     }
-    add_bias(dev, out, rows, n, bias)
+    add_bias(dev, out, rows, n, bias)?;
+    gelu_pass(dev, out, rows * n, epi)
+}
+
+/// The GELU of an Epilogue::Gelu, as its own pass over `len` values (for the cuBLAS paths).
+unsafe fn gelu_pass(dev: &Device, out: u64, len: usize, epi: Epilogue) -> Result<()> {
+    if epi != Epilogue::Gelu {
+        return Ok(());
+    }
+    let g = Grid::new((dev.blocks_for(len, 256), 1, 1), 256);
+    dev.launch("elementwise", "gelu_bf16", g, Args::new().ptr(out).i64(len as i64))
 }
 
 unsafe fn add_bias(dev: &Device, out: u64, rows: usize, n: usize, bias: Option<u64>) -> Result<()> {
@@ -285,6 +300,7 @@ unsafe fn int8_mixed(
     n: usize,
     k: usize,
     bias: Option<u64>,
+    epi: Epilogue,
     out: u64,
 ) -> Result<()> {
     if k % 4 != 0 {
@@ -305,12 +321,12 @@ unsafe fn int8_mixed(
     let a = Args::new().ptr(xq.ptr()).ptr(sca.ptr()).ptr(cb.ptr()).ptr(scb.ptr()).ptr(x).ptr(cols.ptr()).ptr(count.ptr());
     if rows <= GEMV_MAX_ROWS && k % 16 == 0 {
         let names = ["gemv_int8_mixed_bf16_t1", "gemv_int8_mixed_bf16_t2", "gemv_int8_mixed_bf16_t4", "gemv_int8_mixed_bf16_t8"];
-        let a = a.i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).ptr(out);
+        let a = a.i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).i32(epi.code()).ptr(out);
         return dev.launch("int8", gemv_kernel(names, rows), gemv_grid(n), a);
     }
     let (bm, kernel) = if rows <= 16 { (16, "int8_mm_bf16_bm16") } else { (64, "int8_mm_bf16_bm64") };
     let g = Grid::new((n.div_ceil(64) as u32, rows.div_ceil(bm) as u32, 1), 256);
-    let a = a.i32(rows as i32).i32(n as i32).i32(k as i32).opt(bias).ptr(out);
+    let a = a.i32(rows as i32).i32(n as i32).i32(k as i32).opt(bias).i32(epi.code()).ptr(out);
     dev.launch("int8", kernel, g, a)
 }
 

@@ -9,7 +9,7 @@
 //! Legend: T tokens in this forward, D hidden, H query heads, G KV groups, Hd head dim,
 //! F MLP width, V vocab, R logit rows.
 
-use peregrine_core::{AttentionParams, Backend, KvCache, Result};
+use peregrine_core::{AttentionParams, Backend, Epilogue, KvCache, Result};
 
 use crate::config::{alibi_slopes, BlockKind, FalconConfig};
 use crate::params::{ParamSource, Role, VectorKind};
@@ -71,12 +71,10 @@ pub struct Workspace<B: Backend> {
     qkv: B::Buf,
     /// (T, H*Hd)
     attn: B::Buf,
-    /// (T, D)
-    attn_out: B::Buf,
     /// (T, F)
     mlp_h: B::Buf,
-    /// (T, D)
-    mlp_out: B::Buf,
+    /// (1, D) the last row of x, on its way to the head.
+    last_x: B::Buf,
     /// (T, D) the rows that become logits.
     head_in: B::Buf,
     /// (R, V)
@@ -150,9 +148,8 @@ impl<B: Backend> Falcon<B> {
             ln_b: backend.alloc(t * d)?,
             qkv: backend.alloc(t * c.qkv_width())?,
             attn: backend.alloc(t * c.n_head * c.head_dim)?,
-            attn_out: backend.alloc(t * d)?,
             mlp_h: backend.alloc(t * c.ffn_hidden_size)?,
-            mlp_out: backend.alloc(t * d)?,
+            last_x: backend.alloc(d)?,
             head_in: backend.alloc(logit_rows.max(1) * d)?,
             logits: backend.alloc(logit_rows.max(1) * c.vocab_size)?,
         })
@@ -190,7 +187,6 @@ impl<B: Backend> Falcon<B> {
     ) -> Result<()> {
         let c = &self.config;
         let d = c.hidden_size;
-        let n = t * d;
         let eps = c.layer_norm_eps;
         match &block.norms {
             BlockNorms::Two { attn, mlp } => {
@@ -201,26 +197,23 @@ impl<B: Backend> Falcon<B> {
                 norm(backend, &ws.x, t, d, input, eps, &mut ws.ln_a)?;
             }
         }
+        // x += dense(attention): the residual add is fused into the dense linear.
         self.attention(backend, block, t, positions, kv, ws)?;
-        match &block.norms {
+        let mlp_in = match &block.norms {
             BlockNorms::Sequential { post_attention, .. } => {
-                backend.add(&mut ws.x, &ws.attn_out, n)?;
                 norm(backend, &ws.x, t, d, post_attention, eps, &mut ws.ln_b)?;
-                mlp(backend, block, t, &ws.ln_b, &mut ws.mlp_h, &mut ws.mlp_out)?;
+                &ws.ln_b
             }
-            BlockNorms::Shared { .. } => {
-                mlp(backend, block, t, &ws.ln_a, &mut ws.mlp_h, &mut ws.mlp_out)?;
-                backend.add(&mut ws.mlp_out, &ws.attn_out, n)?;
-            }
-            BlockNorms::Two { .. } => {
-                mlp(backend, block, t, &ws.ln_b, &mut ws.mlp_h, &mut ws.mlp_out)?;
-                backend.add(&mut ws.mlp_out, &ws.attn_out, n)?;
-            }
-        }
-        backend.add(&mut ws.x, &ws.mlp_out, n)
+            BlockNorms::Shared { .. } => &ws.ln_a,
+            BlockNorms::Two { .. } => &ws.ln_b,
+        };
+        // x += dense_4h_to_h(gelu(dense_h_to_4h(mlp_in))). In the parallel blocks mlp_in was
+        // normalised from x before the attention's add, as the architecture requires.
+        linear_fused(backend, mlp_in, t, &block.dense_h_to_4h, Epilogue::Gelu, &mut ws.mlp_h)?;
+        linear_fused(backend, &ws.mlp_h, t, &block.dense_4h_to_h, Epilogue::Accumulate, &mut ws.x)
     }
 
-    /// attn_out (T, D) = dense(attention(rotary(qkv(ln_a)))), writing K/V into the cache.
+    /// x += dense(attention(rotary(qkv(ln_a)))), writing K/V into the cache.
     fn attention(
         &self,
         backend: &B,
@@ -244,7 +237,7 @@ impl<B: Backend> Falcon<B> {
             alibi_slopes: self.alibi.as_deref(),
         };
         backend.attention(&ws.qkv, kv, &params, &mut ws.attn)?;
-        linear(backend, &ws.attn, t, &block.dense, &mut ws.attn_out)
+        linear_fused(backend, &ws.attn, t, &block.dense, Epilogue::Accumulate, &mut ws.x)
     }
 
     /// logits = lm_head(ln_f(x)) for the requested rows.
@@ -253,8 +246,8 @@ impl<B: Backend> Falcon<B> {
         let head = self.lm_head.as_ref().unwrap_or(&self.embedding);
         match rows {
             LogitRows::Last => {
-                backend.copy_rows(&ws.x, t - 1, 1, d, &mut ws.mlp_out)?;
-                norm(backend, &ws.mlp_out, 1, d, &self.ln_f, self.config.layer_norm_eps, &mut ws.head_in)?;
+                backend.copy_rows(&ws.x, t - 1, 1, d, &mut ws.last_x)?;
+                norm(backend, &ws.last_x, 1, d, &self.ln_f, self.config.layer_norm_eps, &mut ws.head_in)?;
                 backend.linear(&ws.head_in, 1, head, None, &mut ws.logits)
             }
             LogitRows::All => {
@@ -265,16 +258,12 @@ impl<B: Backend> Falcon<B> {
     }
 }
 
-/// out = dense_4h_to_h(gelu(dense_h_to_4h(x))).
-fn mlp<B: Backend>(backend: &B, block: &Block<B>, t: usize, x: &B::Buf, h: &mut B::Buf, out: &mut B::Buf) -> Result<()> {
-    linear(backend, x, t, &block.dense_h_to_4h, h)?;
-    let (f, _) = backend.linear_dims(&block.dense_h_to_4h.weight);
-    backend.gelu(h, t * f)?;
-    linear(backend, h, t, &block.dense_4h_to_h, out)
-}
-
 fn linear<B: Backend>(backend: &B, x: &B::Buf, t: usize, l: &Linear<B>, out: &mut B::Buf) -> Result<()> {
     backend.linear(x, t, &l.weight, l.bias.as_ref(), out)
+}
+
+fn linear_fused<B: Backend>(backend: &B, x: &B::Buf, t: usize, l: &Linear<B>, epi: Epilogue, out: &mut B::Buf) -> Result<()> {
+    backend.linear_fused(x, t, &l.weight, l.bias.as_ref(), epi, out)
 }
 
 fn norm<B: Backend>(backend: &B, x: &B::Buf, t: usize, d: usize, n: &Norm<B>, eps: f32, out: &mut B::Buf) -> Result<()> {
