@@ -129,6 +129,9 @@ pub struct GenerateArgs {
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// Run every decode op eagerly instead of replaying the decode step as a CUDA graph.
+    #[arg(long)]
+    pub no_graph: bool,
 }
 
 #[derive(Args, Debug)]

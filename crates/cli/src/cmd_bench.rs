@@ -74,6 +74,9 @@ pub struct BenchArgs {
     /// Random weights in the model's shape (implied when --model is absent).
     #[arg(long)]
     pub dummy_weights: bool,
+    /// Run every decode op eagerly instead of replaying the decode step as a CUDA graph.
+    #[arg(long)]
+    pub no_graph: bool,
     #[command(flatten)]
     pub format: FormatArgs,
 }
@@ -138,7 +141,7 @@ impl OnBackend for Job {
         report.configs = run_matrix(&self.plan, &self.specs, |spec| {
             let fmt = FormatSpec::from_args(spec.quant.as_str(), &a.format)?;
             let loaded = load_model(backend, &model_spec, &fmt, dummy)?;
-            Ok(EngineTarget { backend, model: loaded.model, tokenizer: tokenizer.as_ref(), synthetic: dummy })
+            Ok(EngineTarget { backend, model: loaded.model, tokenizer: tokenizer.as_ref(), synthetic: dummy, graphs: !a.no_graph })
         })?;
         if let Some(file) = &a.ppl_file {
             add_quality(backend, a, &model_spec, &mut report, file, tokenizer.as_ref())?;
@@ -228,6 +231,8 @@ struct EngineTarget<'a, B: Backend> {
     tokenizer: Option<&'a Tokenizer>,
     /// Random weights: generate the full length (as the baseline's min_length), ignoring EOS.
     synthetic: bool,
+    /// Replay decode steps as graphs (Session::set_graphs).
+    graphs: bool,
 }
 
 impl<B: Backend> EngineTarget<'_, B> {
@@ -268,6 +273,7 @@ impl<B: Backend> BenchTarget for EngineTarget<'_, B> {
             prompt_ids: ids.clone(),
         };
         let mut session = Session::new(self.backend, &self.model, ids.len() + new, ids.len())?;
+        session.set_graphs(self.graphs);
         let out = session.generate_with(&req, self.tokenizer, &mut |id, _| {
             if id != u32::MAX {
                 on_token(id)

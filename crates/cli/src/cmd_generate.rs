@@ -40,6 +40,7 @@ impl OnBackend for Job {
         check_ids(&prompt_ids, model.config.vocab_size)?;
         let req = request(&a.sampling, prompt_ids, model)?;
         let mut session = Session::new(backend, model, req.prompt_ids.len() + req.max_new_tokens, req.prompt_ids.len())?;
+        session.set_graphs(!a.no_graph);
         let out = if a.json {
             session.generate(&req, tokenizer.as_ref(), &mut |_| {})?
         } else {

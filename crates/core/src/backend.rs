@@ -154,6 +154,9 @@ pub trait Backend {
     /// A linear layer's weights in the backend's own layout (dense or quantized).
     type Linear;
 
+    /// A recorded decode step (a CUDA graph); `()` on backends that do not record.
+    type StepGraph;
+
     /// A short description ("cpu (16 threads)", "cuda:0 NVIDIA H200").
     fn name(&self) -> String;
 
@@ -186,6 +189,23 @@ pub trait Backend {
         eps: f32,
         out: &mut Self::Buf,
     ) -> Result<()>;
+    /// The two LayerNorms of a parallel block over the same x: out_a with (weight_a, bias_a),
+    /// out_b with (weight_b, bias_b). A backend may share the statistics and the pass over x.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norm2(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        norm_a: (&Self::Buf, &Self::Buf),
+        norm_b: (&Self::Buf, &Self::Buf),
+        eps: f32,
+        out_a: &mut Self::Buf,
+        out_b: &mut Self::Buf,
+    ) -> Result<()> {
+        self.layer_norm(x, rows, dim, norm_a.0, norm_a.1, eps, out_a)?;
+        self.layer_norm(x, rows, dim, norm_b.0, norm_b.1, eps, out_b)
+    }
     /// out (T, N) = x (T, K) @ W^T + bias.
     fn linear(
         &self,
@@ -222,6 +242,18 @@ pub trait Backend {
         positions: &[u32],
         cache: &mut LayerKv<Self>,
     ) -> Result<()>;
+    /// `rotary` then `append_kv` (a backend may do both in one pass).
+    fn rotary_append(
+        &self,
+        qkv: &mut Self::Buf,
+        layout: QkvLayout,
+        positions: &[u32],
+        rope: RotaryParams,
+        cache: &mut LayerKv<Self>,
+    ) -> Result<()> {
+        self.rotary(qkv, layout, positions, rope)?;
+        self.append_kv(qkv, layout, positions, cache)
+    }
     /// out (T, H * Hd) = causal softmax(q k^T * scale [+ alibi]) v over the cache.
     fn attention(
         &self,
@@ -264,6 +296,30 @@ pub trait Backend {
     /// A synthetic vector of N(mean, std) values made on the device; `Ok(None)` = on the host.
     fn synthetic_vector(&self, _len: usize, _mean: f32, _std: f32, _seed: u64) -> Result<Option<Self::Buf>> {
         Ok(None)
+    }
+
+    /// Run `step` (one decode forward of `ids` at `positions`, at most 8 rows) and record the
+    /// ops it queues, so that [`Backend::replay_step`] queues them all again in one launch.
+    /// While `step` runs, ops read the token ids and positions from the backend's own step slot
+    /// (filled here from `ids` and `positions`; the host slices the ops are given serve only
+    /// their checks) and size their launch grids for up to `key_bound` keys, so a replay is
+    /// valid for any position below `key_bound`. The step's results are ready when this
+    /// returns. `Ok(None)`: this backend does not record (the step still ran).
+    fn record_step(
+        &self,
+        _ids: &[u32],
+        _positions: &[u32],
+        _key_bound: usize,
+        step: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Option<Self::StepGraph>> {
+        step()?;
+        Ok(None)
+    }
+
+    /// Queue a recorded step again with new token ids and positions (as many rows as it was
+    /// recorded with; every position below the recording's `key_bound`, which the caller checks).
+    fn replay_step(&self, _graph: &Self::StepGraph, _ids: &[u32], _positions: &[u32]) -> Result<()> {
+        Err(crate::Error::device(format!("{} does not replay recorded steps", self.name())))
     }
 
     /// Choose the next token from row `row` of `logits` (rows of `vocab`). The default

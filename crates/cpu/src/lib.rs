@@ -140,6 +140,7 @@ impl CpuBackend {
 }
 
 impl Backend for CpuBackend {
+    type StepGraph = ();
     type Buf = CpuBuf;
     type Linear = CpuLinear;
 

@@ -7,6 +7,7 @@
 //     (x[i] cos - x[i+Hd/2] sin, x[i+Hd/2] cos + x[i] sin), rounded to bf16.
 //   append_kv_bf16(qkv (T, row_width), positions (T), k_cache (P, G, Hd), v_cache (P, G, Hd), n_head, n_kv, head_dim, row_width)
 //     grid (T, G): copies group g's K and V heads of token t to cache row positions[t].
+//   rotary_append_bf16: both in one launch (see its comment).
 // Layout (QkvLayout in peregrine-core): per group g, q_per_kv query heads, then K, then V, each Hd wide.
 // Assumptions: positions < P checked on the host; sincosf is the precise version (angles reach 1e4 rad).
 #include "prelude.cuh"
@@ -47,5 +48,39 @@ extern "C" __global__ void append_kv_bf16(const bf16* __restrict__ qkv, const u3
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         k_cache[dst + d] = k[d];
         v_cache[dst + d] = v[d];
+    }
+}
+
+// rotary_append_bf16(qkv, positions, k_cache, v_cache, n_head, n_kv, head_dim, row_width, theta,
+//   position_scale): rotary_bf16 and append_kv_bf16 in one launch (the same values: the rotated
+//   K rounded to bf16 once, written to qkv and the cache). grid (T, n_head + n_kv).
+extern "C" __global__ void rotary_append_bf16(bf16* __restrict__ qkv, const u32* __restrict__ positions,
+                                              bf16* __restrict__ k_cache, bf16* __restrict__ v_cache, int n_head,
+                                              int n_kv, int head_dim, int row_width, float theta,
+                                              float position_scale) {
+    const int t = blockIdx.x, hh = blockIdx.y;
+    const int qpk = n_head / n_kv;
+    const bool is_k = hh >= n_head;
+    const int g = is_k ? hh - n_head : hh / qpk;
+    const int off = is_k ? (g * (qpk + 2) + qpk) * head_dim : (g * (qpk + 2) + hh % qpk) * head_dim;
+    bf16* x = qkv + (i64)t * row_width + off;
+    const int half = head_dim / 2;
+    const u32 p = positions[t];
+    const float pos = (float)p / position_scale;
+    const i64 dst = ((i64)p * n_kv + g) * head_dim;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+        float s, c;
+        sincosf(pos * inv_freq, &s, &c);
+        const float x1 = bf2f(x[i]), x2 = bf2f(x[i + half]);
+        const bf16 r1 = f2bf(x1 * c - x2 * s), r2 = f2bf(x2 * c + x1 * s);
+        x[i] = r1;
+        x[i + half] = r2;
+        if (is_k) {
+            k_cache[dst + i] = r1;
+            k_cache[dst + i + half] = r2;
+            v_cache[dst + i] = x[head_dim + i];
+            v_cache[dst + i + half] = x[head_dim + i + half];
+        }
     }
 }

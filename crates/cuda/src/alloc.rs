@@ -1,7 +1,7 @@
 //! Device memory with accounting: every allocation the backend makes is a `DeviceBuffer`, which
 //! adds its bytes to one `MemTracker` when created and subtracts them when dropped, so
 //! `Backend::memory()` reports current and peak bytes exactly as the seed engine measured them
-//! (the allocator's high-water mark). cuBLAS's own workspace is not included (cuBLAS allocates it).
+//! (the allocator's high-water mark), cuBLAS's workspace included (the device gives it one).
 //!
 //! Key design choice: buffers expose raw device pointers (`ptr()`), and kernels receive plain
 //! pointers and sizes. cudarc's per-buffer event tracking is switched off (one stream), so taking

@@ -7,13 +7,18 @@
 //!
 //! Host-side arguments (token ids, positions, ALiBi slopes) are uploaded per call into small
 //! stream-ordered allocations; every size is checked on the host before a launch, so user input
-//! can never make a kernel read or write out of bounds.
+//! can never make a kernel read or write out of bounds. A recorded decode step (a CUDA graph,
+//! `record_step`) instead reads ids and positions from a step slot written before each replay,
+//! sizes its grids for the cache's capacity, and uses scratch buffers kept by the backend, so
+//! replaying it allocates and uploads nothing but the slot.
 //!
 //! Legend: T = tokens, D = hidden, H = query heads, G = KV groups, Hd = head dim, P = cache
 //! positions, N/K = linear out/in features.
 
 use half::bf16;
 use peregrine_core::{AttentionParams, Backend, Epilogue, Error, HostTensor, LayerKv, LinearWeight, MemoryStats, QkvLayout, QuantKind, Result, RotaryParams};
+
+use std::sync::Mutex;
 
 use crate::alloc::DeviceBuffer;
 use crate::device::{Args, Device, Grid};
@@ -39,11 +44,52 @@ pub enum PrefillAttention {
     Simt,
 }
 
+/// Rows a recorded decode step may have (the step slot holds this many ids and positions).
+pub const STEP_MAX_ROWS: usize = DECODE_MAX_ROWS;
+
 /// The CUDA backend on one device.
 pub struct CudaBackend {
     dev: Device,
     /// PrefillAttention as a flag (true = TensorCore), switchable at run time for tests.
     tc_prefill: std::sync::atomic::AtomicBool,
+    step: Mutex<StepState>,
+    /// f32 scratch of the attention decode partials, grown on demand (never while recording).
+    attn_scratch: Mutex<Option<DeviceBuffer<f32>>>,
+    /// u32 scratch of the sampler: keys (vocab), the token (1), the history.
+    sample_scratch: Mutex<Option<DeviceBuffer<u32>>>,
+    /// The ALiBi slopes last used, uploaded once (a model's constant).
+    alibi: Mutex<Option<(Vec<f32>, DeviceBuffer<f32>)>>,
+}
+
+/// The decode-step slot and mode (see `Backend::record_step`).
+#[derive(Default)]
+struct StepState {
+    /// (2 * STEP_MAX_ROWS,) u32: ids first, then positions. Allocated on first use.
+    slot: Option<DeviceBuffer<u32>>,
+    /// Some(key_bound) while a step is being recorded.
+    active: Option<usize>,
+}
+
+/// A recorded decode step: the graph and what it was recorded for.
+pub struct CudaStepGraph {
+    graph: cudarc::driver::CudaGraph,
+    rows: usize,
+    key_bound: usize,
+}
+
+/// Device ids or positions an op reads: the step slot, or an upload it owns.
+enum Indices {
+    Slot(u64),
+    Uploaded(DeviceBuffer<u32>),
+}
+
+impl Indices {
+    fn ptr(&self) -> u64 {
+        match self {
+            Indices::Slot(p) => *p,
+            Indices::Uploaded(b) => b.ptr(),
+        }
+    }
 }
 
 fn check_len(op: &str, what: &str, have: usize, need: usize) -> Result<()> {
@@ -62,7 +108,14 @@ impl CudaBackend {
     /// Open GPU `ordinal`. One clear `Error::Device` line when there is no driver, no such GPU,
     /// no NVRTC or no cuBLAS.
     pub fn new(ordinal: usize) -> Result<Self> {
-        Ok(CudaBackend { dev: Device::new(ordinal)?, tc_prefill: std::sync::atomic::AtomicBool::new(true) })
+        Ok(CudaBackend {
+            dev: Device::new(ordinal)?,
+            tc_prefill: std::sync::atomic::AtomicBool::new(true),
+            step: Mutex::new(StepState::default()),
+            attn_scratch: Mutex::new(None),
+            sample_scratch: Mutex::new(None),
+            alibi: Mutex::new(None),
+        })
     }
 
     /// Choose the prefill attention kernel (default: tensor cores).
@@ -123,6 +176,88 @@ impl CudaBackend {
         self.dev.upload(v)
     }
 
+    fn step_state(&self) -> Result<std::sync::MutexGuard<'_, StepState>> {
+        self.step.lock().map_err(|_| Error::device("step state lock poisoned"))
+    }
+
+    /// Token ids (`positions` false) or positions (true) for an op: the step slot while a step
+    /// is recorded, else an upload of `host`.
+    fn indices(&self, host: &[u32], positions: bool) -> Result<Indices> {
+        let st = self.step_state()?;
+        match (&st.slot, st.active) {
+            (Some(slot), Some(_)) => {
+                if host.len() > STEP_MAX_ROWS {
+                    return Err(Error::input(format!("a recorded step has at most {STEP_MAX_ROWS} rows, got {}", host.len())));
+                }
+                Ok(Indices::Slot(slot.ptr_at(if positions { STEP_MAX_ROWS } else { 0 })))
+            }
+            _ => Ok(Indices::Uploaded(self.upload_u32(host)?)),
+        }
+    }
+
+    /// Keys attention must be able to reach: the recording's bound, else max(positions) + 1.
+    fn key_bound(&self, positions: &[u32]) -> Result<usize> {
+        let exact = positions.iter().max().map_or(0, |&p| p as usize + 1);
+        Ok(self.step_state()?.active.map_or(exact, |bound| bound.max(exact)))
+    }
+
+    /// A device pointer to at least `len` elements of the scratch in `cell`, grown when too small.
+    fn scratch<T: cudarc::driver::DeviceRepr>(&self, cell: &Mutex<Option<DeviceBuffer<T>>>, len: usize) -> Result<u64> {
+        let mut guard = cell.lock().map_err(|_| Error::device("scratch lock poisoned"))?;
+        if guard.as_ref().is_none_or(|b| b.len() < len) {
+            *guard = None; // freed in stream order, after the work already queued on it
+            *guard = Some(self.dev.alloc_uninit::<T>(len)?);
+        }
+        Ok(guard.as_ref().map_or(0, |b| b.ptr()))
+    }
+
+    /// The device copy of `slopes`, uploaded when they differ from the last ones.
+    fn alibi_slopes(&self, slopes: &[f32]) -> Result<u64> {
+        let mut cached = self.alibi.lock().map_err(|_| Error::device("ALiBi cache lock poisoned"))?;
+        if cached.as_ref().is_none_or(|(v, _)| v.as_slice() != slopes) {
+            *cached = Some((slopes.to_vec(), self.dev.upload(slopes)?));
+        }
+        Ok(cached.as_ref().map_or(0, |(_, b)| b.ptr()))
+    }
+
+    /// Fill the step slot with `ids` and `positions` (allocating it on first use).
+    fn write_step_slot(&self, ids: &[u32], positions: &[u32]) -> Result<()> {
+        if ids.is_empty() || ids.len() > STEP_MAX_ROWS || positions.len() != ids.len() {
+            return Err(Error::input(format!(
+                "a recorded step takes 1 to {STEP_MAX_ROWS} ids with one position each, got {} ids and {} positions",
+                ids.len(),
+                positions.len()
+            )));
+        }
+        let mut st = self.step_state()?;
+        if st.slot.is_none() {
+            st.slot = Some(self.dev.alloc_zeros::<u32>(2 * STEP_MAX_ROWS)?);
+        }
+        let mut values = [0u32; 2 * STEP_MAX_ROWS];
+        values[..ids.len()].copy_from_slice(ids);
+        values[STEP_MAX_ROWS..STEP_MAX_ROWS + positions.len()].copy_from_slice(positions);
+        let slot = st.slot.as_ref().ok_or_else(|| Error::device("step slot missing"))?;
+        self.dev.write(slot, &values)
+    }
+
+    fn set_step_active(&self, bound: Option<usize>) -> Result<()> {
+        self.step_state()?.active = bound;
+        Ok(())
+    }
+
+    /// Run `step` in step mode, then record it; step mode ends whatever happens.
+    fn run_and_record(&self, key_bound: usize, step: &mut dyn FnMut() -> Result<()>) -> Result<cudarc::driver::CudaGraph> {
+        step()?; // sizes every scratch buffer and loads every kernel outside the capture
+        self.dev.begin_capture()?;
+        let queued = step();
+        let graph = self.dev.end_capture();
+        queued?;
+        let graph = graph?;
+        // SAFETY of results: the eager run above already produced this step's outputs.
+        let _ = key_bound;
+        Ok(graph)
+    }
+
     /// Cache capacity P of a layer and a check that every position fits.
     fn check_positions(&self, op: &str, cache: &LayerKv<Self>, layout: QkvLayout, positions: &[u32]) -> Result<usize> {
         let per_pos = layout.n_kv * layout.head_dim;
@@ -149,7 +284,7 @@ impl CudaBackend {
     /// one block per (row, head), the row's scores held in shared memory.
     fn attention_generic(&self, a: Args, l: QkvLayout, params: &AttentionParams<'_>, out: &mut CudaBuf) -> Result<()> {
         let t = params.positions.len();
-        let max_pos = *params.positions.iter().max().unwrap_or(&0) as usize;
+        let max_pos = self.key_bound(params.positions)?.max(1) - 1;
         let smem = 4 * (l.head_dim + 32 + max_pos + 1);
         if smem > 48 * 1024 {
             return Err(Error::input(format!(
@@ -163,6 +298,43 @@ impl CudaBackend {
         let g = Grid::new((t as u32, l.n_head as u32, 1), 128).with_smem(smem as u32);
         // SAFETY: lengths and positions checked by the caller; shared memory sized for the longest row.
         unsafe { self.dev.launch("attention", "attention_generic_bf16", g, a) }
+    }
+}
+
+/// 16-byte words per thread of layernorm2_vec_bf16 (LN_VPT in kernels/layernorm.cu).
+const LN_VPT: usize = 2;
+
+/// Whether a row of `dim` values fits layernorm2_vec_bf16's registers (1024 threads).
+fn vec_layer_norm_fits(dim: usize) -> bool {
+    dim % 8 == 0 && dim / 8 <= 1024 * LN_VPT
+}
+
+impl CudaBackend {
+    /// LayerNorm of `rows` rows of x into `out_a` and, when given, with a second (weight, bias)
+    /// into a second output, sharing the statistics (the vector kernel), or the generic kernel.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_norms(&self, x: &CudaBuf, rows: usize, dim: usize, norm_a: (&CudaBuf, &CudaBuf), eps: f32, out_a: u64, b: Option<((&CudaBuf, &CudaBuf), u64)>) -> Result<()> {
+        check_len("layer_norm", "x", x.len(), rows * dim)?;
+        for (w, bias) in std::iter::once(norm_a).chain(b.map(|(n, _)| n)) {
+            check_len("layer_norm", "weight", w.len(), dim)?;
+            check_len("layer_norm", "bias", bias.len(), dim)?;
+        }
+        let rows_i = as_i32("layer_norm", "rows", rows)?;
+        let dim_i = as_i32("layer_norm", "dim", dim)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        if !vec_layer_norm_fits(dim) {
+            let a = Args::new().ptr(x.ptr()).ptr(norm_a.0.ptr()).ptr(norm_a.1.ptr()).ptr(out_a).i32(dim_i).f32(eps);
+            // SAFETY: lengths checked above (out by the callers); one block per row.
+            return unsafe { self.dev.launch("layernorm", "layernorm_bf16", Grid::new((rows_i as u32, 1, 1), 256), a) };
+        }
+        let threads = (dim / 8).div_ceil(LN_VPT).div_ceil(32).clamp(1, 32) * 32;
+        let ((w_b, b_b), out_b) = b.map_or(((0, 0), 0), |((w, bias), o)| ((w.ptr(), bias.ptr()), o));
+        let a = Args::new().ptr(x.ptr()).ptr(norm_a.0.ptr()).ptr(norm_a.1.ptr()).ptr(out_a).ptr(w_b).ptr(b_b).ptr(out_b);
+        let a = a.i32(dim_i).f32(eps);
+        // SAFETY: lengths checked above (outputs by the callers); dim % 8 == 0 and dim / 8 <= threads * LN_VPT.
+        unsafe { self.dev.launch("layernorm", "layernorm2_vec_bf16", Grid::new((rows_i as u32, 1, 1), threads as u32), a) }
     }
 }
 
@@ -185,16 +357,19 @@ impl CudaBackend {
         as_i32("sample", "history length", history.len())?;
         let r = if p.is_greedy() { 0.0 } else { sampler.next_uniform() };
         let top_k = if p.top_k > 0 && p.top_k < vocab { p.top_k } else { vocab };
-        let hist = self.upload_u32(history)?;
-        let keys = self.dev.alloc_uninit::<u32>(vocab)?;
-        let out = self.dev.alloc_uninit::<u32>(1)?;
-        let a = Args::new().ptr(logits.ptr_at(row * vocab)).i32(vocab as i32).ptr(hist.ptr()).i32(history.len() as i32);
-        let a = a.ptr(keys.ptr()).ptr(out.ptr()).f32(p.temperature).i32(top_k as i32).f32(p.top_p);
+        // Scratch: history (len), then keys (vocab), then the token (1).
+        let base = self.scratch(&self.sample_scratch, history.len() + vocab + 1)?;
+        let (keys, out) = (base + 4 * history.len() as u64, base + 4 * (history.len() + vocab) as u64);
+        // SAFETY: the scratch holds history.len() + vocab + 1 u32 (sized just above).
+        unsafe { self.dev.write_raw(base, history)? };
+        let a = Args::new().ptr(logits.ptr_at(row * vocab)).i32(vocab as i32).ptr(base).i32(history.len() as i32);
+        let a = a.ptr(keys).ptr(out).f32(p.temperature).i32(top_k as i32).f32(p.top_p);
         let a = a.f32(p.repetition_penalty).f32(r);
-        // SAFETY: the row lies inside `logits` (checked), keys holds vocab u32 and out one; history
+        // SAFETY: the row lies inside `logits` (checked), the scratch holds keys and the token; history
         // ids are bounds-checked in the kernel; one block, as the kernel requires.
         unsafe { self.dev.launch("sample", "sample_token_bf16", Grid::new((1, 1, 1), 1024), a)? };
-        let token = self.dev.download(&out, 0, 1)?[0];
+        // SAFETY: `out` is the scratch's last element.
+        let token = unsafe { self.dev.download_raw::<u32>(out, 1)? }[0];
         if token as usize >= vocab {
             return Err(Error::device(format!("sample: the kernel returned token {token} for a vocabulary of {vocab}")));
         }
@@ -205,6 +380,29 @@ impl CudaBackend {
 impl Backend for CudaBackend {
     type Buf = CudaBuf;
     type Linear = CudaLinear;
+    type StepGraph = CudaStepGraph;
+
+    fn record_step(&self, ids: &[u32], positions: &[u32], key_bound: usize, step: &mut dyn FnMut() -> Result<()>) -> Result<Option<CudaStepGraph>> {
+        self.write_step_slot(ids, positions)?;
+        if let Some(&p) = positions.iter().find(|&&p| p as usize >= key_bound) {
+            return Err(Error::input(format!("record_step: position {p} is not below the key bound {key_bound}")));
+        }
+        self.set_step_active(Some(key_bound))?;
+        let graph = self.run_and_record(key_bound, step);
+        self.set_step_active(None)?;
+        Ok(Some(CudaStepGraph { graph: graph?, rows: ids.len(), key_bound }))
+    }
+
+    fn replay_step(&self, graph: &CudaStepGraph, ids: &[u32], positions: &[u32]) -> Result<()> {
+        if ids.len() != graph.rows {
+            return Err(Error::input(format!("replay_step: the step was recorded for {} rows, got {}", graph.rows, ids.len())));
+        }
+        if let Some(&p) = positions.iter().find(|&&p| p as usize >= graph.key_bound) {
+            return Err(Error::input(format!("replay_step: position {p} is beyond the recorded bound of {} keys", graph.key_bound)));
+        }
+        self.write_step_slot(ids, positions)?;
+        graph.graph.launch().map_err(|e| Error::device(format!("CUDA graph launch: {e:?}")))
+    }
 
     fn name(&self) -> String {
         format!("cuda:{} {} (sm_{})", self.dev.ctx.ordinal(), self.dev.name, self.dev.arch)
@@ -276,23 +474,34 @@ impl Backend for CudaBackend {
         if ids.is_empty() {
             return Ok(());
         }
-        let ids_dev = self.upload_u32(ids)?;
+        let ids_dev = self.indices(ids, false)?;
         // SAFETY: ids < V checked; out holds T*D.
         unsafe { linear::dequantize_rows(&self.dev, table, Some(ids_dev.ptr()), 0, ids.len(), out.ptr()) }
     }
 
     fn layer_norm(&self, x: &CudaBuf, rows: usize, dim: usize, weight: &CudaBuf, bias: &CudaBuf, eps: f32, out: &mut CudaBuf) -> Result<()> {
-        check_len("layer_norm", "x", x.len(), rows * dim)?;
         check_len("layer_norm", "out", out.len(), rows * dim)?;
-        check_len("layer_norm", "weight", weight.len(), dim)?;
-        check_len("layer_norm", "bias", bias.len(), dim)?;
-        if rows == 0 {
-            return Ok(());
+        self.layer_norms(x, rows, dim, (weight, bias), eps, out.ptr(), None)
+    }
+
+    fn layer_norm2(
+        &self,
+        x: &CudaBuf,
+        rows: usize,
+        dim: usize,
+        norm_a: (&CudaBuf, &CudaBuf),
+        norm_b: (&CudaBuf, &CudaBuf),
+        eps: f32,
+        out_a: &mut CudaBuf,
+        out_b: &mut CudaBuf,
+    ) -> Result<()> {
+        check_len("layer_norm", "out", out_a.len(), rows * dim)?;
+        check_len("layer_norm", "out", out_b.len(), rows * dim)?;
+        if !vec_layer_norm_fits(dim) {
+            self.layer_norm(x, rows, dim, norm_a.0, norm_a.1, eps, out_a)?;
+            return self.layer_norm(x, rows, dim, norm_b.0, norm_b.1, eps, out_b);
         }
-        let g = Grid::new((as_i32("layer_norm", "rows", rows)? as u32, 1, 1), 256);
-        let a = Args::new().ptr(x.ptr()).ptr(weight.ptr()).ptr(bias.ptr()).ptr(out.ptr()).i32(as_i32("layer_norm", "dim", dim)?).f32(eps);
-        // SAFETY: lengths checked above; one block per row.
-        unsafe { self.dev.launch("layernorm", "layernorm_bf16", g, a) }
+        self.layer_norms(x, rows, dim, norm_a, eps, out_a.ptr(), Some((norm_b, out_b.ptr())))
     }
 
     fn linear(&self, x: &CudaBuf, rows: usize, w: &CudaLinear, bias: Option<&CudaBuf>, out: &mut CudaBuf) -> Result<()> {
@@ -322,12 +531,31 @@ impl Backend for CudaBackend {
         if t == 0 {
             return Ok(());
         }
-        let pos = self.upload_u32(positions)?;
+        let pos = self.indices(positions, true)?;
         let g = Grid::new((t as u32, (layout.n_head + layout.n_kv) as u32, 1), (layout.head_dim / 2).clamp(32, 256) as u32);
         let a = Args::new().ptr(qkv.ptr()).ptr(pos.ptr()).i32(layout.n_head as i32).i32(layout.n_kv as i32);
         let a = a.i32(layout.head_dim as i32).i32(layout.row_width() as i32).f32(rope.theta).f32(rope.position_scale);
         // SAFETY: qkv holds T rows of row_width; heads addressed through the checked layout.
         unsafe { self.dev.launch("rotary", "rotary_bf16", g, a) }
+    }
+
+    fn rotary_append(&self, qkv: &mut CudaBuf, layout: QkvLayout, positions: &[u32], rope: RotaryParams, cache: &mut LayerKv<Self>) -> Result<()> {
+        Self::check_layout("rotary", layout)?;
+        let t = positions.len();
+        check_len("rotary", "qkv", qkv.len(), t * layout.row_width())?;
+        self.check_positions("append_kv", cache, layout, positions)?;
+        if layout.head_dim % 2 != 0 {
+            return Err(Error::input(format!("rotary: head dim {} is odd", layout.head_dim)));
+        }
+        if t == 0 {
+            return Ok(());
+        }
+        let pos = self.indices(positions, true)?;
+        let g = Grid::new((t as u32, (layout.n_head + layout.n_kv) as u32, 1), (layout.head_dim / 2).clamp(32, 256) as u32);
+        let a = Args::new().ptr(qkv.ptr()).ptr(pos.ptr()).ptr(cache.k.ptr()).ptr(cache.v.ptr()).i32(layout.n_head as i32).i32(layout.n_kv as i32);
+        let a = a.i32(layout.head_dim as i32).i32(layout.row_width() as i32).f32(rope.theta).f32(rope.position_scale);
+        // SAFETY: qkv holds T rows of row_width; positions < capacity checked; heads addressed through the checked layout.
+        unsafe { self.dev.launch("rotary", "rotary_append_bf16", g, a) }
     }
 
     fn append_kv(&self, qkv: &CudaBuf, layout: QkvLayout, positions: &[u32], cache: &mut LayerKv<Self>) -> Result<()> {
@@ -338,7 +566,7 @@ impl Backend for CudaBackend {
         if t == 0 {
             return Ok(());
         }
-        let pos = self.upload_u32(positions)?;
+        let pos = self.indices(positions, true)?;
         let g = Grid::new((t as u32, layout.n_kv as u32, 1), layout.head_dim.clamp(32, 256) as u32);
         let a = Args::new().ptr(qkv.ptr()).ptr(pos.ptr()).ptr(cache.k.ptr()).ptr(cache.v.ptr());
         let a = a.i32(layout.n_head as i32).i32(layout.n_kv as i32).i32(layout.head_dim as i32).i32(layout.row_width() as i32);
@@ -359,26 +587,29 @@ impl Backend for CudaBackend {
         if t == 0 {
             return Ok(());
         }
-        let pos = self.upload_u32(params.positions)?;
-        let slopes = params.alibi_slopes.map(|s| self.dev.upload(s)).transpose()?;
+        let pos = self.indices(params.positions, true)?;
+        let slopes = match params.alibi_slopes {
+            Some(s) => Some(self.alibi_slopes(s)?),
+            None => None,
+        };
         let hd = l.head_dim;
-        let a = Args::new().ptr(qkv.ptr()).ptr(cache.k.ptr()).ptr(cache.v.ptr()).ptr(pos.ptr()).opt(slopes.as_ref().map(|s| s.ptr()));
+        let a = Args::new().ptr(qkv.ptr()).ptr(cache.k.ptr()).ptr(cache.v.ptr()).ptr(pos.ptr()).opt(slopes);
         if !ATTENTION_HEAD_DIMS.contains(&hd) {
             return self.attention_generic(a, l, params, out);
         }
         if t <= DECODE_MAX_ROWS {
-            // Flash-decoding: S splits of DECODE_SPLIT keys, then a merge.
-            let max_pos = *params.positions.iter().max().unwrap_or(&0) as usize;
-            let splits = (max_pos + 1).div_ceil(DECODE_SPLIT);
-            let part_o = self.dev.alloc_uninit::<f32>(t * l.n_head * splits * hd)?;
-            let part_ml = self.dev.alloc_uninit::<f32>(t * l.n_head * splits * 2)?;
+            // Flash-decoding: S splits of DECODE_SPLIT keys (splits past a row's position do nothing), then a merge.
+            let splits = self.key_bound(params.positions)?.div_ceil(DECODE_SPLIT).max(1);
+            let o_len = t * l.n_head * splits * hd;
+            let scratch = self.scratch(&self.attn_scratch, o_len + t * l.n_head * splits * 2)?;
+            let (part_o, part_ml) = (scratch, scratch + 4 * o_len as u64);
             let name = if hd == 64 { "attention_decode_bf16_hd64" } else { "attention_decode_bf16_hd128" };
-            let a = a.ptr(part_o.ptr()).ptr(part_ml.ptr()).i32(l.n_head as i32).i32(l.n_kv as i32).i32(l.row_width() as i32).f32(params.scale);
+            let a = a.ptr(part_o).ptr(part_ml).i32(l.n_head as i32).i32(l.n_kv as i32).i32(l.row_width() as i32).f32(params.scale);
             let g = Grid::new((t as u32, l.n_head as u32, splits as u32), 128);
             // SAFETY: every length and position checked above; partials sized (T, H, S, Hd) and (T, H, S, 2).
             unsafe {
                 self.dev.launch("attention", name, g, a)?;
-                let a = Args::new().ptr(part_o.ptr()).ptr(part_ml.ptr()).ptr(out.ptr()).i32(l.n_head as i32).i32(hd as i32).i32(splits as i32);
+                let a = Args::new().ptr(part_o).ptr(part_ml).ptr(out.ptr()).i32(l.n_head as i32).i32(hd as i32).i32(splits as i32);
                 self.dev.launch("attention", "attention_combine_bf16", Grid::new((t as u32, l.n_head as u32, 1), hd as u32), a)
             }
         } else if self.prefill_attention() == PrefillAttention::TensorCore {

@@ -7,10 +7,11 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{sys as cublas_sys, CudaBlas};
-use cudarc::driver::{result as drv, sys as drv_sys, CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{result as drv, sys as drv_sys, CudaContext, CudaFunction, CudaGraph, CudaModule, CudaStream, DeviceRepr, ValidAsZeroBits};
 use cudarc::nvrtc::Ptx;
 use half::bf16;
 use peregrine_core::{Error, Result};
@@ -79,6 +80,9 @@ type FunctionTable = HashMap<(&'static str, &'static str), (CudaFunction, u32)>;
 
 /// Static shared memory a block may use without opting in.
 const DEFAULT_SMEM_LIMIT: u32 = 48 * 1024;
+/// cuBLAS's workspace, given to it at start so that no GEMM allocates (which a recorded
+/// decode step must not do).
+const CUBLAS_WORKSPACE_BYTES: usize = 32 << 20;
 
 pub struct Device {
     pub ctx: Arc<CudaContext>,
@@ -91,6 +95,10 @@ pub struct Device {
     pub name: String,
     modules: HashMap<&'static str, Arc<CudaModule>>,
     functions: Mutex<FunctionTable>,
+    /// True between `begin_capture` and `end_capture`: allocations are refused then.
+    capturing: AtomicBool,
+    /// Held for cuBLAS (see CUBLAS_WORKSPACE_BYTES).
+    _cublas_workspace: DeviceBuffer<u8>,
 }
 
 fn drv_err(what: &str) -> impl Fn(drv::DriverError) -> Error + '_ {
@@ -138,6 +146,16 @@ impl Device {
             let jobs: Vec<_> = nvrtc::SOURCES.iter().map(|src| s.spawn(move || nvrtc::compile_cached(src, arch))).collect();
             jobs.into_iter().map(|j| j.join().unwrap_or_else(|_| Err(Error::device("NVRTC compile thread panicked")))).collect()
         });
+        let mem = Arc::new(MemTracker::default());
+        let workspace = stream
+            .alloc_zeros::<u8>(CUBLAS_WORKSPACE_BYTES)
+            .map_err(|e| Error::device(format!("cuBLAS workspace of {CUBLAS_WORKSPACE_BYTES} bytes: {e:?}")))?;
+        let workspace = DeviceBuffer::new(workspace, CUBLAS_WORKSPACE_BYTES, mem.clone());
+        // SAFETY: the workspace outlives the handle's use (both live in this Device); the size is its length.
+        let status = unsafe { cublas_sys::cublasSetWorkspace_v2(*blas.handle(), workspace.ptr() as *mut c_void, CUBLAS_WORKSPACE_BYTES) };
+        if status != cublas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            return Err(Error::device(format!("cuBLAS workspace: {status:?}")));
+        }
         let mut modules = HashMap::new();
         for (src, compiled) in nvrtc::SOURCES.iter().zip(cubins) {
             let module = ctx
@@ -149,13 +167,46 @@ impl Device {
             ctx,
             stream,
             blas,
-            mem: Arc::new(MemTracker::default()),
+            mem,
             arch,
             sm_count,
             name,
             modules,
             functions: Mutex::new(HashMap::new()),
+            capturing: AtomicBool::new(false),
+            _cublas_workspace: workspace,
         })
+    }
+
+    /// Start recording the stream's work into a graph (nothing queued from here on runs).
+    pub fn begin_capture(&self) -> Result<()> {
+        self.stream
+            .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(drv_err("beginning a graph capture"))?;
+        self.capturing.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Stop recording and instantiate the graph.
+    pub fn end_capture(&self) -> Result<CudaGraph> {
+        self.capturing.store(false, Ordering::Release);
+        let graph = self
+            .stream
+            .end_capture(drv_sys::CUgraphInstantiate_flags(0))
+            .map_err(drv_err("ending a graph capture"))?;
+        graph.ok_or_else(|| Error::device("graph capture recorded nothing"))
+    }
+
+    /// True while a graph is being recorded.
+    pub fn is_capturing(&self) -> bool {
+        self.capturing.load(Ordering::Acquire)
+    }
+
+    fn refuse_while_capturing(&self, bytes: usize) -> Result<()> {
+        if self.is_capturing() {
+            return Err(Error::device(format!("an allocation of {bytes} bytes was asked for while recording a decode step (graphs must not allocate)")));
+        }
+        Ok(())
     }
 
     /// The kernel `kernel` of module `module`, with its dynamic shared memory limit raised to `smem`.
@@ -212,12 +263,14 @@ impl Device {
 
     /// `len` zeroed elements.
     pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        self.refuse_while_capturing(len * std::mem::size_of::<T>())?;
         let s = self.stream.alloc_zeros::<T>(len.max(1)).map_err(|e| self.oom(e, len * std::mem::size_of::<T>()))?;
         Ok(DeviceBuffer::new(s, len, self.mem.clone()))
     }
 
     /// `len` elements whose contents are unspecified (every user writes them before reading).
     pub fn alloc_uninit<T: DeviceRepr>(&self, len: usize) -> Result<DeviceBuffer<T>> {
+        self.refuse_while_capturing(len * std::mem::size_of::<T>())?;
         // SAFETY: the memory is only read after a kernel or copy has written it.
         let s = unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(|e| self.oom(e, len * std::mem::size_of::<T>()))?;
         Ok(DeviceBuffer::new(s, len, self.mem.clone()))
@@ -244,17 +297,50 @@ impl Device {
         Ok(buf)
     }
 
+    /// Copy `values` into the start of `buf` (queued on the stream; the host values are staged
+    /// before this returns).
+    pub fn write<T: DeviceRepr>(&self, buf: &DeviceBuffer<T>, values: &[T]) -> Result<()> {
+        if values.len() > buf.len() {
+            return Err(Error::device(format!("write of {} values into a buffer of {}", values.len(), buf.len())));
+        }
+        self.bind()?;
+        if !values.is_empty() {
+            // SAFETY: the destination holds at least values.len() elements (checked above).
+            unsafe { drv::memcpy_htod_async(buf.ptr(), values, self.stream.cu_stream()) }.map_err(drv_err("host-to-device copy"))?;
+        }
+        Ok(())
+    }
+
+    /// Copy `values` to the device address `dst` (queued; the host values are staged first).
+    ///
+    /// # Safety
+    /// `dst` must address at least `values.len()` elements of a live allocation.
+    pub unsafe fn write_raw<T: DeviceRepr>(&self, dst: u64, values: &[T]) -> Result<()> {
+        self.bind()?;
+        if !values.is_empty() {
+            drv::memcpy_htod_async(dst, values, self.stream.cu_stream()).map_err(drv_err("host-to-device copy"))?;
+        }
+        Ok(())
+    }
+
     /// `len` elements of `buf` from `offset`, copied to the host (waits for queued work).
     pub fn download<T: DeviceRepr + Default + Clone>(&self, buf: &DeviceBuffer<T>, offset: usize, len: usize) -> Result<Vec<T>> {
         if offset + len > buf.len() {
             return Err(Error::device(format!("download of [{offset}, {}) from a buffer of {}", offset + len, buf.len())));
         }
+        // SAFETY: the source range was checked above.
+        unsafe { self.download_raw(buf.ptr_at(offset), len) }
+    }
+
+    /// `len` elements from the device address `src`, copied to the host (waits for queued work).
+    ///
+    /// # Safety
+    /// `src` must address at least `len` elements of a live allocation.
+    pub unsafe fn download_raw<T: DeviceRepr + Default + Clone>(&self, src: u64, len: usize) -> Result<Vec<T>> {
         let mut out = vec![T::default(); len];
         self.bind()?;
         if len > 0 {
-            // SAFETY: the source range was checked above; the destination holds `len` elements.
-            unsafe { drv::memcpy_dtoh_async(&mut out, buf.ptr_at(offset), self.stream.cu_stream()) }
-                .map_err(drv_err("device-to-host copy"))?;
+            drv::memcpy_dtoh_async(&mut out, src, self.stream.cu_stream()).map_err(drv_err("device-to-host copy"))?;
         }
         self.synchronize()?;
         Ok(out)

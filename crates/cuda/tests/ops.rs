@@ -59,6 +59,31 @@ fn layer_norm_matches_cpu() {
 }
 
 #[test]
+fn layer_norm2_matches_two_cpu_layer_norms() {
+    let Some(gpu) = cuda("layer_norm2_matches_two_cpu_layer_norms") else { return };
+    let cpu = cpu();
+    let mut rng = Rng::new(21);
+    // 8192: the register kernel (Falcon-40B); 14848: Falcon-180B; 1000: the generic fallback.
+    for (rows, dim) in [(1, 8192), (4, 14848), (3, 1000), (2, 256)] {
+        let x: Vec<f32> = rng.bf16_vec(rows * dim, 2.0).iter().map(|v| round_bf16(v + 0.5)).collect();
+        let norms: Vec<(Vec<f32>, Vec<f32>)> = (0..2)
+            .map(|_| (rng.bf16_vec(dim, 0.2).iter().map(|v| round_bf16(v + 1.0)).collect(), rng.bf16_vec(dim, 0.1)))
+            .collect();
+        let gx = gpu.upload(&x).unwrap();
+        let g: Vec<_> = norms.iter().map(|(w, b)| (gpu.upload(w).unwrap(), gpu.upload(b).unwrap())).collect();
+        let (mut ga, mut gb) = (poisoned(&gpu, rows * dim), poisoned(&gpu, rows * dim));
+        gpu.layer_norm2(&gx, rows, dim, (&g[0].0, &g[0].1), (&g[1].0, &g[1].1), 1e-5, &mut ga, &mut gb).unwrap();
+        let cx = cpu.upload(&x).unwrap();
+        for (i, got) in [ga, gb].iter().enumerate() {
+            let (cw, cb) = (cpu.upload(&norms[i].0).unwrap(), cpu.upload(&norms[i].1).unwrap());
+            let mut co = cpu.alloc(rows * dim).unwrap();
+            cpu.layer_norm(&cx, rows, dim, &cw, &cb, 1e-5, &mut co).unwrap();
+            check(&format!("layer_norm2 output {i} ({rows} x {dim})"), &gpu.download(got, 0, rows * dim).unwrap(), &co[..], TOL_BF16);
+        }
+    }
+}
+
+#[test]
 fn dense_linear_matches_cpu() {
     let Some(gpu) = cuda("dense_linear_matches_cpu") else { return };
     let cpu = cpu();
@@ -125,19 +150,27 @@ fn attention_case(gpu: &CudaBackend, name: &str, layout: QkvLayout, alibi: bool,
     let mut gcache = LayerKv::<CudaBackend> { k: gpu.alloc(per).unwrap(), v: gpu.alloc(per).unwrap() };
     let mut ccache = LayerKv::<peregrine_cpu::CpuBackend> { k: cpu.alloc(per).unwrap(), v: cpu.alloc(per).unwrap() };
     let slopes: Vec<f32> = (0..layout.n_head).map(|h| round_bf16(2f32.powf(-8.0 * (h + 1) as f32 / layout.n_head as f32))).collect();
-    for positions in steps {
+    for (step, positions) in steps.iter().enumerate() {
         let t = positions.len();
         let width = layout.row_width();
         let qkv = rng.bf16_vec(t * width, 0.7);
         let mut gq = gpu.upload(&qkv).unwrap();
         let mut cq = cpu.upload(&qkv).unwrap();
         let tag = format!("{name} T={t} from pos {}", positions[0]);
+        // Rotary models alternate between the fused rotary_append and rotary then append_kv.
+        let fused = rope.is_some() && step % 2 == 1;
         if let Some(r) = rope {
-            gpu.rotary(&mut gq, layout, positions, r).unwrap();
+            match fused {
+                true => gpu.rotary_append(&mut gq, layout, positions, r, &mut gcache).unwrap(),
+                false => gpu.rotary(&mut gq, layout, positions, r).unwrap(),
+            }
             cpu.rotary(&mut cq, layout, positions, r).unwrap();
-            check(&format!("rotary ({tag})"), &gpu.download(&gq, 0, t * width).unwrap(), &cq[..], TOL_BF16);
+            let what = if fused { "rotary_append" } else { "rotary" };
+            check(&format!("{what} ({tag})"), &gpu.download(&gq, 0, t * width).unwrap(), &cq[..], TOL_BF16);
         }
-        gpu.append_kv(&gq, layout, positions, &mut gcache).unwrap();
+        if !fused {
+            gpu.append_kv(&gq, layout, positions, &mut gcache).unwrap();
+        }
         cpu.append_kv(&cq, layout, positions, &mut ccache).unwrap();
         let params = AttentionParams {
             layout,

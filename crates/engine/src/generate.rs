@@ -133,12 +133,16 @@ impl<'a> StopFilter<'a> {
     }
 }
 
-/// One sequence's generation state on a backend: the KV cache and the workspace.
+/// One sequence's generation state on a backend: the KV cache, the workspace and, where the
+/// backend records them, the decode step as a graph (recorded on the first decode step, then
+/// replayed for every later one: one launch per token instead of several hundred).
 pub struct Session<'m, B: Backend> {
     pub backend: &'m B,
     pub model: &'m Falcon<B>,
     cache: KvCache<B>,
     ws: Workspace<B>,
+    graphs: bool,
+    step_graph: Option<B::StepGraph>,
 }
 
 impl<'m, B: Backend> Session<'m, B> {
@@ -147,7 +151,16 @@ impl<'m, B: Backend> Session<'m, B> {
         let c = &model.config;
         let cache = KvCache::new(backend, c.n_layer, capacity, c.n_kv, c.head_dim)?;
         let ws = model.workspace(backend, max_prompt.max(1), 1)?;
-        Ok(Session { backend, model, cache, ws })
+        Ok(Session { backend, model, cache, ws, graphs: true, step_graph: None })
+    }
+
+    /// Record and replay decode steps as graphs where the backend can (default on); off runs
+    /// every op eagerly (for comparison and debugging).
+    pub fn set_graphs(&mut self, enabled: bool) {
+        self.graphs = enabled;
+        if !enabled {
+            self.step_graph = None;
+        }
     }
 
     /// Positions the cache can hold.
@@ -209,7 +222,7 @@ impl<'m, B: Backend> Session<'m, B> {
                 break;
             }
             let pos = (p + ids.len() - 1) as u32;
-            next = self.step(&[next], &[pos], &mut sampler, &history)?;
+            next = self.decode_step(next, pos, &mut sampler, &history)?;
         }
         if let (Some(tok), false) = (tokenizer, finish == FinishReason::StopString) {
             let (shown, _) = stops.push(&stream.finish(tok)?);
@@ -235,6 +248,29 @@ impl<'m, B: Backend> Session<'m, B> {
             )));
         }
         Ok(())
+    }
+
+    /// One decode forward of token `id` at `pos` (replaying the recorded step when there is
+    /// one), then sample.
+    fn decode_step(&mut self, id: u32, pos: u32, sampler: &mut Sampler, history: &[u32]) -> Result<u32> {
+        if !self.graphs {
+            return self.step(&[id], &[pos], sampler, history);
+        }
+        let vocab = self.model.config.vocab_size;
+        match &self.step_graph {
+            Some(graph) => {
+                self.backend.replay_step(graph, &[id], &[pos])?;
+                self.cache.len = self.cache.len.max(pos as usize + 1);
+            }
+            None => {
+                let Session { backend, model, cache, ws, .. } = self;
+                let capacity = cache.capacity;
+                let mut forward = || model.forward(*backend, &[id], &[pos], cache, ws, LogitRows::Last);
+                self.step_graph = self.backend.record_step(&[id], &[pos], capacity, &mut forward)?;
+                self.graphs = self.step_graph.is_some();
+            }
+        }
+        self.backend.sample(&self.ws.logits, 0, vocab, sampler, history)
     }
 
     /// One forward over `ids` at `positions`, then sample from the last row.

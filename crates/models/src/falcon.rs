@@ -190,8 +190,8 @@ impl<B: Backend> Falcon<B> {
         let eps = c.layer_norm_eps;
         match &block.norms {
             BlockNorms::Two { attn, mlp } => {
-                norm(backend, &ws.x, t, d, attn, eps, &mut ws.ln_a)?;
-                norm(backend, &ws.x, t, d, mlp, eps, &mut ws.ln_b)?;
+                let (a, b) = ((&attn.weight, &attn.bias), (&mlp.weight, &mlp.bias));
+                backend.layer_norm2(&ws.x, t, d, a, b, eps, &mut ws.ln_a, &mut ws.ln_b)?;
             }
             BlockNorms::Shared { input } | BlockNorms::Sequential { input, .. } => {
                 norm(backend, &ws.x, t, d, input, eps, &mut ws.ln_a)?;
@@ -226,10 +226,10 @@ impl<B: Backend> Falcon<B> {
         let c = &self.config;
         let layout = c.qkv_layout();
         linear(backend, &ws.ln_a, t, &block.query_key_value, &mut ws.qkv)?;
-        if let Some(rope) = c.rotary() {
-            backend.rotary(&mut ws.qkv, layout, positions, rope)?;
+        match c.rotary() {
+            Some(rope) => backend.rotary_append(&mut ws.qkv, layout, positions, rope, kv)?,
+            None => backend.append_kv(&ws.qkv, layout, positions, kv)?,
         }
-        backend.append_kv(&ws.qkv, layout, positions, kv)?;
         let params = AttentionParams {
             layout,
             positions,
