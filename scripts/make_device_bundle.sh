@@ -15,9 +15,10 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         print(m["target"]["name"], m["executable"])' |
-  while read -r name exe; do case $name in ops|quant|nvrtc_compile|gpu_models|sampling) cp "$exe" "$stage/tests/$name";; esac; done
+  while read -r name exe; do case $name in ops|quant|gemv|nvrtc_compile|gpu_models|sampling) cp "$exe" "$stage/tests/$name";; esac; done
 strip "$stage"/bin/* "$stage"/tests/*
 cp -r ../shared/assets/models/peregrine-tiny-falcon "$stage/shared/assets/models/"
 cp ../shared/assets/models/bnb-reference-logits.json "$stage/shared/assets/models/"
+mkdir -p "$stage/shared/assets/text" && cp ../shared/assets/text/tinymix-valid.txt "$stage/shared/assets/text/"
 mkdir -p .carry && tar -cJf .carry/bundle.tar.xz -C "$stage" . && rm -rf "$stage"
 ls -la .carry/bundle.tar.xz

@@ -245,17 +245,18 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Run `step` in step mode, then record it; step mode ends whatever happens.
-    fn run_and_record(&self, key_bound: usize, step: &mut dyn FnMut() -> Result<()>) -> Result<cudarc::driver::CudaGraph> {
-        step()?; // sizes every scratch buffer and loads every kernel outside the capture
+    /// Run `step` in step mode, then record it. None when some op of the step allocates per
+    /// call (a fallback path for shapes no Falcon has): the step then stays eager.
+    fn run_and_record(&self, step: &mut dyn FnMut() -> Result<()>) -> Result<Option<cudarc::driver::CudaGraph>> {
+        step()?; // this step's results; also sizes every scratch buffer and loads every kernel
         self.dev.begin_capture()?;
         let queued = step();
         let graph = self.dev.end_capture();
+        if queued.is_err() && self.dev.capture_needed_memory() {
+            return Ok(None);
+        }
         queued?;
-        let graph = graph?;
-        // SAFETY of results: the eager run above already produced this step's outputs.
-        let _ = key_bound;
-        Ok(graph)
+        graph.map(Some)
     }
 
     /// Cache capacity P of a layer and a check that every position fits.
@@ -388,9 +389,9 @@ impl Backend for CudaBackend {
             return Err(Error::input(format!("record_step: position {p} is not below the key bound {key_bound}")));
         }
         self.set_step_active(Some(key_bound))?;
-        let graph = self.run_and_record(key_bound, step);
+        let graph = self.run_and_record(step);
         self.set_step_active(None)?;
-        Ok(Some(CudaStepGraph { graph: graph?, rows: ids.len(), key_bound }))
+        Ok(graph?.map(|graph| CudaStepGraph { graph, rows: ids.len(), key_bound }))
     }
 
     fn replay_step(&self, graph: &CudaStepGraph, ids: &[u32], positions: &[u32]) -> Result<()> {

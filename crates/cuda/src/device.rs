@@ -97,6 +97,8 @@ pub struct Device {
     functions: Mutex<FunctionTable>,
     /// True between `begin_capture` and `end_capture`: allocations are refused then.
     capturing: AtomicBool,
+    /// Set when an allocation was refused during the last capture.
+    capture_refused: AtomicBool,
     /// Held for cuBLAS (see CUBLAS_WORKSPACE_BYTES).
     _cublas_workspace: DeviceBuffer<u8>,
 }
@@ -174,6 +176,7 @@ impl Device {
             modules,
             functions: Mutex::new(HashMap::new()),
             capturing: AtomicBool::new(false),
+            capture_refused: AtomicBool::new(false),
             _cublas_workspace: workspace,
         })
     }
@@ -183,8 +186,14 @@ impl Device {
         self.stream
             .begin_capture(drv_sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .map_err(drv_err("beginning a graph capture"))?;
+        self.capture_refused.store(false, Ordering::Release);
         self.capturing.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Whether the last capture failed because something asked for memory while recording.
+    pub fn capture_needed_memory(&self) -> bool {
+        self.capture_refused.load(Ordering::Acquire)
     }
 
     /// Stop recording and instantiate the graph.
@@ -204,6 +213,7 @@ impl Device {
 
     fn refuse_while_capturing(&self, bytes: usize) -> Result<()> {
         if self.is_capturing() {
+            self.capture_refused.store(true, Ordering::Release);
             return Err(Error::device(format!("an allocation of {bytes} bytes was asked for while recording a decode step (graphs must not allocate)")));
         }
         Ok(())
