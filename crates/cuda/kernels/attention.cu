@@ -12,7 +12,8 @@
 //     block (t, h, s) covers keys [256 s, 256 s + 256). Warps take chunks of 32 keys: lane = key
 //     for q.k (16-byte loads of the K row, q broadcast from smem), one warp max and sum per chunk,
 //     then lane = dims [l*HD/32, (l+1)*HD/32) for P.V with coalesced V rows. Writes unnormalised
-//     partials (o, max, sum) to f32 scratch (T, H, S, HD) and (T, H, S, 2).
+//     partials (o, max, sum) to f32 scratch (T, H, S, HD) and (T, H, S, 2); with one split (S = 1)
+//     it writes the normalised output directly and no combine runs.
 //   attention_combine_bf16(part_o, part_ml, out, H, Hd, S): grid (T, H); merges the S partials.
 //   attention_prefill_tc_bf16_hd{HD}: the prefill on tensor cores (mma.sync bf16, f32 accumulate;
 //     P rounded to bf16 before P.V as FlashAttention does). grid (ceil(T/64), H), 128 threads;
@@ -134,8 +135,8 @@ template <int HD>
 __device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
                                             const bf16* __restrict__ v_cache, const u32* __restrict__ positions,
                                             const float* __restrict__ slopes, float* __restrict__ part_o,
-                                            float* __restrict__ part_ml, int n_head, int n_kv, int row_width,
-                                            float scale) {
+                                            float* __restrict__ part_ml, bf16* __restrict__ out, int n_head,
+                                            int n_kv, int row_width, float scale) {
     constexpr int EPL = HD / 32;
     __shared__ float qs[HD];
     __shared__ float red[DEC_WARPS][HD + 2];
@@ -201,9 +202,10 @@ __device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, const 
     for (int d = threadIdx.x; d < HD; d += blockDim.x) {
         float o = 0.f;
         for (int w = 0; w < DEC_WARPS; w++) o += red[w][d] * wscale[w];
-        part_o[slot * HD + d] = o;
+        if (S == 1) out[((i64)t * n_head + h) * HD + d] = f2bf(o * (1.0f / L));  // no combine needed
+        else part_o[slot * HD + d] = o;
     }
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == 0 && S > 1) {
         part_ml[2 * slot] = M;
         part_ml[2 * slot + 1] = L;
     }
@@ -213,6 +215,8 @@ __device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, const 
 // grid (T, H), threads over Hd. Splits past positions[t] have m = -inf and weigh nothing.
 extern "C" __global__ void attention_combine_bf16(const float* __restrict__ part_o, const float* __restrict__ part_ml,
                                                   bf16* __restrict__ out, int n_head, int head_dim, int S) {
+    PDL_WAIT();
+    PDL_TRIGGER();
     const int t = blockIdx.x, h = blockIdx.y;
     const i64 base = ((i64)t * n_head + h) * S;
     float M = NEG_INF;
@@ -394,16 +398,22 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
     extern "C" __global__ void __launch_bounds__(PF_THREADS) attention_prefill_bf16_hd##HD(              \
         const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const u32* positions, const float* slopes, \
         bf16* out, int T, int n_head, int n_kv, int row_width, float scale) {                              \
+        PDL_WAIT();                                                                                      \
+        PDL_TRIGGER();                                                                                   \
         prefill_body<HD>(qkv, k_cache, v_cache, positions, slopes, out, T, n_head, n_kv, row_width, scale); \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) attention_decode_bf16_hd##HD(           \
         const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const u32* positions, const float* slopes, \
-        float* part_o, float* part_ml, int n_head, int n_kv, int row_width, float scale) {                 \
-        decode_body<HD>(qkv, k_cache, v_cache, positions, slopes, part_o, part_ml, n_head, n_kv, row_width, scale); \
+        float* part_o, float* part_ml, bf16* out, int n_head, int n_kv, int row_width, float scale) {      \
+        PDL_WAIT();                                                                                      \
+        PDL_TRIGGER();                                                                                   \
+        decode_body<HD>(qkv, k_cache, v_cache, positions, slopes, part_o, part_ml, out, n_head, n_kv, row_width, scale); \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(128) attention_prefill_tc_bf16_hd##HD(                    \
         const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const u32* positions, const float* slopes, \
         bf16* out, int T, int n_head, int n_kv, int row_width, float scale) {                              \
+        PDL_WAIT();                                                                                      \
+        PDL_TRIGGER();                                                                                   \
         prefill_tc_body<HD>(qkv, k_cache, v_cache, positions, slopes, out, T, n_head, n_kv, row_width, scale); \
     }
 
@@ -418,6 +428,8 @@ extern "C" __global__ void attention_generic_bf16(const bf16* __restrict__ qkv, 
                                                   const bf16* __restrict__ v_cache, const u32* __restrict__ positions,
                                                   const float* __restrict__ slopes, bf16* __restrict__ out, int n_head,
                                                   int n_kv, int hd, int row_width, float scale) {
+    PDL_WAIT();
+    PDL_TRIGGER();
     extern __shared__ float gsm[];
     const int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
     const int qpk = n_head / n_kv, g = h / qpk;

@@ -11,6 +11,8 @@
 
 extern "C" __global__ void embedding_bf16(const bf16* __restrict__ table, const u32* __restrict__ ids,
                                           bf16* __restrict__ out, int dim) {
+    PDL_WAIT();
+    PDL_TRIGGER();
     const int t = blockIdx.x;
     const bf16* src = table + (i64)ids[t] * dim;
     bf16* dst = out + (i64)t * dim;
@@ -18,6 +20,8 @@ extern "C" __global__ void embedding_bf16(const bf16* __restrict__ table, const 
 }
 
 extern "C" __global__ void gelu_bf16(bf16* __restrict__ x, i64 n) {
+    PDL_WAIT();
+    PDL_TRIGGER();
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         const float v = bf2f(x[i]);
         x[i] = f2bf(0.5f * v * (1.0f + erff(v * 0.70710678118654752440f)));
@@ -25,12 +29,16 @@ extern "C" __global__ void gelu_bf16(bf16* __restrict__ x, i64 n) {
 }
 
 extern "C" __global__ void add_bf16(bf16* __restrict__ dst, const bf16* __restrict__ src, i64 n) {
+    PDL_WAIT();
+    PDL_TRIGGER();
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         dst[i] = f2bf(bf2f(dst[i]) + bf2f(src[i]));
     }
 }
 
 extern "C" __global__ void add_bias_bf16(bf16* __restrict__ out, const bf16* __restrict__ bias, i64 rows, int n) {
+    PDL_WAIT();
+    PDL_TRIGGER();
     const i64 total = rows * n;
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
         out[i] = f2bf(bf2f(out[i]) + bf2f(bias[i % n]));

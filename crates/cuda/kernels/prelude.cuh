@@ -14,6 +14,18 @@ typedef unsigned int u32;
 typedef unsigned long long u64;
 typedef long long i64;
 
+// Programmatic dependent launch (Grid::with_pdl on the host, sm_90+): PDL_WAIT() blocks until
+// the previous kernel has finished and its writes are visible, so it must come before the first
+// read of anything an earlier kernel wrote (reading weights and constants before it is fine);
+// PDL_TRIGGER() lets the next kernel be scheduled early. Both are no-ops without PDL.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PDL_WAIT() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define PDL_TRIGGER() asm volatile("griddepcontrol.launch_dependents;" :::)
+#else
+#define PDL_WAIT()
+#define PDL_TRIGGER()
+#endif
+
 #define FULL_MASK 0xffffffffu
 #define NEG_INF (-__int_as_float(0x7f800000))
 

@@ -328,14 +328,14 @@ impl CudaBackend {
         if !vec_layer_norm_fits(dim) {
             let a = Args::new().ptr(x.ptr()).ptr(norm_a.0.ptr()).ptr(norm_a.1.ptr()).ptr(out_a).i32(dim_i).f32(eps);
             // SAFETY: lengths checked above (out by the callers); one block per row.
-            return unsafe { self.dev.launch("layernorm", "layernorm_bf16", Grid::new((rows_i as u32, 1, 1), 256), a) };
+            return unsafe { self.dev.launch("layernorm", "layernorm_bf16", Grid::new((rows_i as u32, 1, 1), 256).with_pdl(), a) };
         }
         let threads = (dim / 8).div_ceil(LN_VPT).div_ceil(32).clamp(1, 32) * 32;
         let ((w_b, b_b), out_b) = b.map_or(((0, 0), 0), |((w, bias), o)| ((w.ptr(), bias.ptr()), o));
         let a = Args::new().ptr(x.ptr()).ptr(norm_a.0.ptr()).ptr(norm_a.1.ptr()).ptr(out_a).ptr(w_b).ptr(b_b).ptr(out_b);
         let a = a.i32(dim_i).f32(eps);
         // SAFETY: lengths checked above (outputs by the callers); dim % 8 == 0 and dim / 8 <= threads * LN_VPT.
-        unsafe { self.dev.launch("layernorm", "layernorm2_vec_bf16", Grid::new((rows_i as u32, 1, 1), threads as u32), a) }
+        unsafe { self.dev.launch("layernorm", "layernorm2_vec_bf16", Grid::new((rows_i as u32, 1, 1), threads as u32).with_pdl(), a) }
     }
 }
 
@@ -552,7 +552,7 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let pos = self.indices(positions, true)?;
-        let g = Grid::new((t as u32, (layout.n_head + layout.n_kv) as u32, 1), (layout.head_dim / 2).clamp(32, 256) as u32);
+        let g = Grid::new((t as u32, (layout.n_head + layout.n_kv) as u32, 1), (layout.head_dim / 2).clamp(32, 256) as u32).with_pdl();
         let a = Args::new().ptr(qkv.ptr()).ptr(pos.ptr()).ptr(cache.k.ptr()).ptr(cache.v.ptr()).i32(layout.n_head as i32).i32(layout.n_kv as i32);
         let a = a.i32(layout.head_dim as i32).i32(layout.row_width() as i32).f32(rope.theta).f32(rope.position_scale);
         // SAFETY: qkv holds T rows of row_width; positions < capacity checked; heads addressed through the checked layout.
@@ -605,13 +605,16 @@ impl Backend for CudaBackend {
             let scratch = self.scratch(&self.attn_scratch, o_len + t * l.n_head * splits * 2)?;
             let (part_o, part_ml) = (scratch, scratch + 4 * o_len as u64);
             let name = if hd == 64 { "attention_decode_bf16_hd64" } else { "attention_decode_bf16_hd128" };
-            let a = a.ptr(part_o).ptr(part_ml).i32(l.n_head as i32).i32(l.n_kv as i32).i32(l.row_width() as i32).f32(params.scale);
-            let g = Grid::new((t as u32, l.n_head as u32, splits as u32), 128);
+            let a = a.ptr(part_o).ptr(part_ml).ptr(out.ptr()).i32(l.n_head as i32).i32(l.n_kv as i32).i32(l.row_width() as i32).f32(params.scale);
+            let g = Grid::new((t as u32, l.n_head as u32, splits as u32), 128).with_pdl();
             // SAFETY: every length and position checked above; partials sized (T, H, S, Hd) and (T, H, S, 2).
             unsafe {
                 self.dev.launch("attention", name, g, a)?;
+                if splits == 1 {
+                    return Ok(()); // the kernel wrote the output
+                }
                 let a = Args::new().ptr(part_o).ptr(part_ml).ptr(out.ptr()).i32(l.n_head as i32).i32(hd as i32).i32(splits as i32);
-                self.dev.launch("attention", "attention_combine_bf16", Grid::new((t as u32, l.n_head as u32, 1), hd as u32), a)
+                self.dev.launch("attention", "attention_combine_bf16", Grid::new((t as u32, l.n_head as u32, 1), hd as u32).with_pdl(), a)
             }
         } else if self.prefill_attention() == PrefillAttention::TensorCore {
             let name = if hd == 64 { "attention_prefill_tc_bf16_hd64" } else { "attention_prefill_tc_bf16_hd128" };

@@ -63,14 +63,23 @@ pub struct Grid {
     pub grid: (u32, u32, u32),
     pub block: (u32, u32, u32),
     pub smem: u32,
+    /// Launch as a programmatic dependent of the previous kernel (see `with_pdl`).
+    pub pdl: bool,
 }
 
 impl Grid {
     pub fn new(grid: (u32, u32, u32), threads: u32) -> Self {
-        Grid { grid, block: (threads, 1, 1), smem: 0 }
+        Grid { grid, block: (threads, 1, 1), smem: 0, pdl: false }
     }
     pub fn with_smem(mut self, bytes: u32) -> Self {
         self.smem = bytes;
+        self
+    }
+    /// Programmatic dependent launch (sm_90): the kernel may be scheduled while the previous
+    /// one drains, hiding the launch gap. Only for kernels that run `PDL_WAIT()` (prelude.cuh)
+    /// before reading anything an earlier kernel wrote.
+    pub fn with_pdl(mut self) -> Self {
+        self.pdl = true;
         self
     }
 }
@@ -95,6 +104,8 @@ pub struct Device {
     pub name: String,
     modules: HashMap<&'static str, Arc<CudaModule>>,
     functions: Mutex<FunctionTable>,
+    /// Programmatic dependent launches in use (sm_90 and newer, unless PEREGRINE_NO_PDL is set).
+    pdl: bool,
     /// True between `begin_capture` and `end_capture`: allocations are refused then.
     capturing: AtomicBool,
     /// Set when an allocation was refused during the last capture.
@@ -175,6 +186,7 @@ impl Device {
             name,
             modules,
             functions: Mutex::new(HashMap::new()),
+            pdl: arch >= 90 && std::env::var_os("PEREGRINE_NO_PDL").is_none(),
             capturing: AtomicBool::new(false),
             capture_refused: AtomicBool::new(false),
             _cublas_workspace: workspace,
@@ -256,8 +268,26 @@ impl Device {
         let f = self.function(module, kernel, g.smem)?;
         self.bind()?;
         let mut params: Vec<*mut c_void> = args.vals.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect();
-        drv::launch_kernel(f.cu_function(), g.grid, g.block, g.smem, self.stream.cu_stream(), &mut params)
-            .map_err(drv_err(&format!("launch of {kernel} (grid {:?}, block {:?})", g.grid, g.block)))
+        let err = |e: drv::DriverError| Error::device(format!("CUDA launch of {kernel} (grid {:?}, block {:?}): {e:?}", g.grid, g.block));
+        if !(g.pdl && self.pdl) {
+            return drv::launch_kernel(f.cu_function(), g.grid, g.block, g.smem, self.stream.cu_stream(), &mut params).map_err(err);
+        }
+        let mut attr: drv_sys::CUlaunchAttribute = std::mem::zeroed();
+        attr.id = drv_sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = drv_sys::CUlaunchConfig {
+            gridDimX: g.grid.0,
+            gridDimY: g.grid.1,
+            gridDimZ: g.grid.2,
+            blockDimX: g.block.0,
+            blockDimY: g.block.1,
+            blockDimZ: g.block.2,
+            sharedMemBytes: g.smem,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        drv_sys::cuLaunchKernelEx(&config, f.cu_function(), params.as_mut_ptr(), std::ptr::null_mut()).result().map_err(err)
     }
 
     /// Make this device's context current on the calling thread (raw driver calls need it).
