@@ -15,7 +15,7 @@ for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
         print(m["target"]["name"], m["executable"])' |
-  while read -r name exe; do case $name in ops|quant|gemv|nvrtc_compile|gpu_models|sampling) cp "$exe" "$stage/tests/$name";; esac; done
+  while read -r name exe; do case $name in ops|quant|gemv|perf|nvrtc_compile|gpu_models|sampling) cp "$exe" "$stage/tests/$name";; esac; done
 strip "$stage"/bin/* "$stage"/tests/*
 cp -r ../shared/assets/models/peregrine-tiny-falcon "$stage/shared/assets/models/"
 cp ../shared/assets/models/bnb-reference-logits.json "$stage/shared/assets/models/"

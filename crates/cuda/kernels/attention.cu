@@ -17,7 +17,7 @@
 //   attention_combine_bf16(part_o, part_ml, out, H, Hd, S): grid (T, H); merges the S partials.
 //   attention_prefill_tc_bf16_hd{HD}: the prefill on tensor cores (mma.sync bf16, f32 accumulate;
 //     P rounded to bf16 before P.V as FlashAttention does). grid (ceil(T/64), H), 128 threads;
-//     dynamic smem = (64*(HD+8) + HD*72) * 2 bytes. See the comment above the kernel.
+//     dynamic smem = 4 * 64 * (HD+8) * 2 bytes (K and V, two stages). See the comment above the kernel.
 // Assumptions: positions[t] < P (checked on the host); HD % 32 == 0.
 #include "prelude.cuh"
 
@@ -240,8 +240,10 @@ extern "C" __global__ void attention_combine_bf16(const float* __restrict__ part
 // ---------------------------------------------------------------------------------------------
 // Tensor-core prefill (FlashAttention-2 style) with mma.sync m16n8k16 bf16 -> f32 (sm_80+).
 // Block = 4 warps = 64 query rows of one head; warp w owns rows 16w..16w+15, its Q fragments
-// stay in registers. Per tile of 64 keys: K (row-major) and V^T go to shared memory (rows padded
-// by 8 elements: conflict-free fragment loads), S = Q K^T in registers, masked/scaled/ALiBi,
+// stay in registers. Per tile of 64 keys: K and V (row-major, rows padded by 8 elements:
+// conflict-free fragment loads) are copied to shared memory with cp.async, double-buffered so the
+// next tile arrives while this one is used; V's B fragments come from ldmatrix.trans. S = Q K^T
+// in registers, masked/scaled/ALiBi,
 // online softmax per row (a row's 64 scores live in one quad of lanes), then P (rounded to bf16,
 // reusing the S accumulator layout as the A operand) times V accumulates O in f32.
 // Fragment layout (PTX ISA, m16n8k16): g = lane / 4, c = lane % 4; A regs (row g | g+8,
@@ -264,15 +266,33 @@ __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
 
 __device__ __forceinline__ u32 ld_u32(const bf16* p) { return *reinterpret_cast<const u32*>(p); }
 
+/// 16 bytes global -> shared without registers (sm_80+); src_bytes 0 fills zeros.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
+    const u32 s = (u32)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+/// Four transposed 8x8 bf16 matrices from shared memory (lane l gives the row address of matrix
+/// l / 8): with rows = keys of a row-major V tile, the registers are mma B fragments of V.
+__device__ __forceinline__ void ldmatrix_x4_trans(u32* r, const bf16* row) {
+    const u32 a = (u32)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
 template <int HD>
 __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
                                                 const bf16* __restrict__ v_cache, const u32* __restrict__ positions,
                                                 const float* __restrict__ slopes, bf16* __restrict__ out, int T,
                                                 int n_head, int n_kv, int row_width, float scale) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    constexpr int LDK = HD + 8, LDV = TC_KEYS + 8;
-    bf16* Ks = reinterpret_cast<bf16*>(smem_raw);  // [TC_KEYS][LDK]
-    bf16* Vt = Ks + TC_KEYS * LDK;                 // [HD][LDV]
+    constexpr int LDK = HD + 8;  // K and V rows padded by 16 bytes: conflict-free fragment loads
+    bf16* Ks = reinterpret_cast<bf16*>(smem_raw);  // [2 stages][TC_KEYS][LDK]
+    bf16* Vs = Ks + 2 * TC_KEYS * LDK;            // [2 stages][TC_KEYS][LDK], row-major like K
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, c = lane & 3;
     const int h = blockIdx.y, qpk = n_head / n_kv, grp = h / qpk;
     const int t0 = blockIdx.x * TC_ROWS;
@@ -300,28 +320,34 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
 #pragma unroll
     for (int nt = 0; nt < HD / 8; nt++) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
 
-    for (int k0 = 0; k0 <= max_pos; k0 += TC_KEYS) {
-        __syncthreads();  // the previous tile is no longer read
-        for (int e = tid; e < TC_KEYS * (HD / 8); e += blockDim.x) {
+    // Tiles of TC_KEYS keys, double-buffered: tile i+1 is copied (cp.async) while tile i is used.
+    auto load_tile = [&](int stage, int k0) {
+        for (int e = threadIdx.x; e < TC_KEYS * (HD / 8); e += blockDim.x) {
             const int key = e / (HD / 8), c8 = (e % (HD / 8)) * 8, j = k0 + key;
-            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
-            if (j <= max_pos) {  // slots past max_pos may hold garbage (even NaN): never read them
-                const i64 src = ((i64)j * n_kv + grp) * HD + c8;
-                kv = __ldg(reinterpret_cast<const uint4*>(k_cache + src));
-                vv = __ldg(reinterpret_cast<const uint4*>(v_cache + src));
-            }
-            *reinterpret_cast<uint4*>(Ks + key * LDK + c8) = kv;
-            const bf16* vp = reinterpret_cast<const bf16*>(&vv);
-#pragma unroll
-            for (int i = 0; i < 8; i++) Vt[(c8 + i) * LDV + key] = vp[i];
+            const bool ok = j <= max_pos;  // slots past max_pos may hold garbage (even NaN): zeros instead
+            const i64 src = ok ? ((i64)j * n_kv + grp) * HD + c8 : 0;
+            cp_async16(Ks + (stage * TC_KEYS + key) * LDK + c8, k_cache + src, ok ? 16 : 0);
+            cp_async16(Vs + (stage * TC_KEYS + key) * LDK + c8, v_cache + src, ok ? 16 : 0);
         }
-        __syncthreads();
+        cp_async_commit();
+    };
+    if (max_pos >= 0) load_tile(0, 0);
+    for (int k0 = 0, stage = 0; k0 <= max_pos; k0 += TC_KEYS, stage ^= 1) {
+        if (k0 + TC_KEYS <= max_pos) {
+            load_tile(stage ^ 1, k0 + TC_KEYS);  // its buffer was released by the barrier ending the last tile
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // tile `stage` is complete for every thread
+        const bf16* Kt = Ks + stage * TC_KEYS * LDK;
+        const bf16* Vt = Vs + stage * TC_KEYS * LDK;
 
         float s[TC_KEYS / 8][4];
 #pragma unroll
         for (int nt = 0; nt < TC_KEYS / 8; nt++) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-            const bf16* krow = Ks + (8 * nt + g) * LDK + 2 * c;
+            const bf16* krow = Kt + (8 * nt + g) * LDK + 2 * c;
 #pragma unroll
             for (int ks = 0; ks < HD / 16; ks++) mma_bf16_16816(s[nt], qa[ks], ld_u32(krow + 16 * ks), ld_u32(krow + 16 * ks + 8));
         }
@@ -377,13 +403,18 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
             pa[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
             pa[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
-            for (int nt = 0; nt < HD / 8; nt++) {
-                const bf16* vrow = Vt + (8 * nt + g) * LDV + 16 * kk + 2 * c;
-                mma_bf16_16816(o[nt], pa, ld_u32(vrow), ld_u32(vrow + 8));
+            for (int nt = 0; nt < HD / 8; nt += 2) {
+                // Matrices (keys 16kk+0..7 | 16kk+8..15) x (dims 8nt | 8nt+8): B fragments of n-tiles nt, nt+1.
+                const int m = lane >> 3;
+                u32 b[4];
+                ldmatrix_x4_trans(b, Vt + (16 * kk + (m & 1) * 8 + (lane & 7)) * LDK + 8 * nt + (m >> 1) * 8);
+                mma_bf16_16816(o[nt], pa, b[0], b[1]);
+                mma_bf16_16816(o[nt + 1], pa, b[2], b[3]);
             }
         }
         m_a = mn_a;
         m_b = mn_b;
+        __syncthreads();  // every warp is done with tile `stage` before it is refilled
     }
     const float inv_a = 1.0f / l_a, inv_b = 1.0f / l_b;
 #pragma unroll

@@ -618,7 +618,7 @@ impl Backend for CudaBackend {
             }
         } else if self.prefill_attention() == PrefillAttention::TensorCore {
             let name = if hd == 64 { "attention_prefill_tc_bf16_hd64" } else { "attention_prefill_tc_bf16_hd128" };
-            let smem = ((64 * (hd + 8) + hd * 72) * 2) as u32;
+            let smem = (4 * 64 * (hd + 8) * 2) as u32; // K and V tiles, two stages
             let a = a.ptr(out.ptr()).i32(t as i32).i32(l.n_head as i32).i32(l.n_kv as i32).i32(l.row_width() as i32).f32(params.scale);
             let g = Grid::new((t.div_ceil(64) as u32, l.n_head as u32, 1), 128).with_smem(smem);
             // SAFETY: every length and position checked above.
