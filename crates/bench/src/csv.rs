@@ -1,12 +1,13 @@
 //! results.csv: one row per run (warm-ups included, flagged), one header line, for
-//! spreadsheets and pandas.
+//! spreadsheets and pandas; and prefill.csv (with `--prefill-tokens`): one row per prefill,
+//! the warm-up included and flagged, kept apart so results.csv keeps its columns.
 //!
 //! Design choice: RFC 4180 by hand (quote a field only when it holds a comma, quote or
 //! line break; double the quotes inside) rather than a CSV dependency; floats are written
 //! with Rust's shortest round-trip form so a reader recovers the exact value, and a
 //! missing figure is an empty cell.
 
-use crate::schema::{BenchReport, ConfigResult, RunRecord};
+use crate::schema::{BenchReport, ConfigResult, PrefillResult, RunRecord};
 
 /// The header, in column order.
 pub const CSV_COLUMNS: [&str; 17] = [
@@ -60,6 +61,39 @@ fn row(report: &BenchReport, c: &ConfigResult, r: &RunRecord) -> Vec<String> {
         opt(r.achieved_gbps),
         r.prompt.clone(),
         r.output_text.clone(),
+    ]
+}
+
+/// The header of prefill.csv, in column order.
+pub const PREFILL_CSV_COLUMNS: [&str; 10] =
+    ["config", "quant", "model", "device", "tokens", "run_index", "warmup", "prefill_s", "tokens_per_s", "tflops"];
+
+/// The whole prefill.csv text: the warm-up then each timed run, per configuration that has
+/// prefill figures (tflops per row = the prefill's FLOPs / that row's seconds / 1e12).
+pub fn render_prefill_csv(report: &BenchReport) -> String {
+    let mut out = PREFILL_CSV_COLUMNS.join(",") + "\n";
+    for (c, p) in report.configs.iter().filter_map(|c| c.prefill.as_ref().map(|p| (c, p))) {
+        let timed = p.runs_s.iter().enumerate().map(|(i, &t)| (i, false, t));
+        for (run_index, warmup, seconds) in std::iter::once((0, true, p.warmup_s)).chain(timed) {
+            out.push_str(&csv_line(&prefill_row(report, c, p, (run_index, warmup, seconds))));
+        }
+    }
+    out
+}
+
+fn prefill_row(report: &BenchReport, c: &ConfigResult, p: &PrefillResult, run: (usize, bool, f64)) -> Vec<String> {
+    let (run_index, warmup, seconds) = run;
+    vec![
+        c.label.clone(),
+        c.quant.to_string(),
+        report.model.clone(),
+        report.device.name.clone(),
+        p.tokens.to_string(),
+        run_index.to_string(),
+        warmup.to_string(),
+        seconds.to_string(),
+        (p.tokens as f64 / seconds).to_string(),
+        (p.flops / seconds / 1e12).to_string(),
     ]
 }
 

@@ -10,7 +10,8 @@
 //!
 //! A CLI calls, in order: `parse_quant_list`, `read_prompt_file` or `seed_prompts`,
 //! `BenchPlan::new`, `prepare_out_dir`, `run_matrix`, `BenchReport::new` (+ fields),
-//! `render_table`, `write_report`.
+//! `render_table`, `write_report`. `--prefill-tokens N` sets `BenchPlan::prefill_tokens`;
+//! each configuration then also gets a warm `PrefillResult` (module `prefill`).
 //!
 //! The engine's side, sketched:
 //! ```ignore
@@ -22,6 +23,11 @@
 //!         let out = self.engine.generate_greedy(prompt, limit.new_tokens(n_prompt), |tok| on_token(tok))?;
 //!         Ok(Generation { prompt_tokens: out.prompt_tokens, generated_tokens: out.tokens.len(), text: out.text })
 //!     }
+//!     fn model_shape(&self) -> Option<ModelShape> { Some(shape_of(&self.model.config)) }
+//!     fn with_prefill(&mut self, ids: &[u32], body: &mut dyn FnMut(&mut dyn FnMut() -> Result<()>) -> Result<()>) -> Result<()> {
+//!         let mut session = Session::new(self.backend, &self.model, ids.len(), ids.len())?;
+//!         body(&mut || { session.prefill(ids)?; self.backend.synchronize() })
+//!     }
 //! }
 //! let results = run_matrix(&plan, &specs, |spec| EngineTarget::load(&model, spec.quant))?;
 //! ```
@@ -32,6 +38,7 @@ pub mod device;
 pub mod outdir;
 pub mod outputs;
 pub mod plots;
+pub mod prefill;
 pub mod prompts;
 pub mod report;
 pub mod runner;
@@ -45,9 +52,12 @@ pub use csv::render_csv;
 pub use device::spec_bandwidth_gbps;
 pub use outdir::{prepare_out_dir, OVERWRITE_FLAG};
 pub use outputs::render_outputs_md;
+pub use prefill::{check_prefill_tokens, measure_prefill, prefill_ids, prefill_runs, ModelShape};
 pub use prompts::{parse_prompts, read_prompt_file, seed_prompts, SEED_PROMPTS};
 pub use report::{read_report, write_report};
 pub use runner::{measure_config, parse_quant_list, run_matrix, BenchPlan, BenchTarget, ConfigSpec, Generation};
-pub use schema::{BenchReport, ConfigResult, DeviceInfo, GenerationLimit, QualityResult, RunRecord, Summary, SCHEMA};
+pub use schema::{
+    BenchReport, ConfigResult, DeviceInfo, GenerationLimit, PrefillResult, QualityResult, RunRecord, Summary, SCHEMA,
+};
 pub use stats::Stat;
 pub use table::render_table;

@@ -19,6 +19,8 @@ pub const OVERWRITE_FLAG: &str = "--force";
 /// Names of the files a report consists of (besides `seed-<label>.png`).
 pub const RESULTS_JSON: &str = "results.json";
 pub const RESULTS_CSV: &str = "results.csv";
+/// Written only when some configuration has prefill figures (`--prefill-tokens`).
+pub const PREFILL_CSV: &str = "prefill.csv";
 pub const OUTPUTS_MD: &str = "outputs.md";
 pub const COMPARISON_PNG: &str = "comparison.png";
 
@@ -34,7 +36,7 @@ pub fn sanitize_label(label: &str) -> String {
 
 /// True for a file name a report writes.
 fn is_report_file(name: &str) -> bool {
-    [RESULTS_JSON, RESULTS_CSV, OUTPUTS_MD, COMPARISON_PNG].contains(&name)
+    [RESULTS_JSON, RESULTS_CSV, PREFILL_CSV, OUTPUTS_MD, COMPARISON_PNG].contains(&name)
         || (name.starts_with("seed-") && name.ends_with(".png"))
 }
 

@@ -1,5 +1,6 @@
-//! Writing a finished report to its directory: results.json, results.csv, outputs.md,
-//! comparison.png and one seed-<label>.png per configuration; and reading results.json back.
+//! Writing a finished report to its directory: results.json, results.csv, prefill.csv (when
+//! there are prefill figures), outputs.md, comparison.png and one seed-<label>.png per
+//! configuration; and reading results.json back.
 //!
 //! Design choice: every file is created with `create_new` (or checked absent before a plot
 //! is drawn), so even a caller that skipped `prepare_out_dir` can never overwrite a file.
@@ -9,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use peregrine_core::{Error, Result};
 
-use crate::csv::render_csv;
-use crate::outdir::{seed_chart_name, COMPARISON_PNG, OUTPUTS_MD, RESULTS_CSV, RESULTS_JSON};
+use crate::csv::{render_csv, render_prefill_csv};
+use crate::outdir::{seed_chart_name, COMPARISON_PNG, OUTPUTS_MD, PREFILL_CSV, RESULTS_CSV, RESULTS_JSON};
 use crate::outputs::render_outputs_md;
 use crate::plots::{plot_comparison, plot_seed_chart};
 use crate::schema::BenchReport;
@@ -25,6 +26,9 @@ pub fn write_report(dir: &Path, report: &BenchReport) -> Result<Vec<PathBuf>> {
         (OUTPUTS_MD, render_outputs_md(report)),
     ] {
         written.push(write_new(&dir.join(name), &text)?);
+    }
+    if report.configs.iter().any(|c| c.prefill.is_some()) {
+        written.push(write_new(&dir.join(PREFILL_CSV), &render_prefill_csv(report))?);
     }
     for config in report.configs.iter().filter(|c| c.summary.runs > 0) {
         let path = absent(dir.join(seed_chart_name(&config.label)))?;
@@ -141,10 +145,18 @@ pub(crate) mod tests {
             runs,
             summary: Summary::default(),
             ppl: Some(QualityResult::from_tokens(&nll, Some(("bf16", &kl, &top1))).unwrap()),
+            prefill: Some(sample_prefill(k)),
             error: None,
         };
         c.resummarize();
         c
+    }
+
+    /// Three warm prefills of 2048 tokens on Falcon-40B, slower for later configurations.
+    fn sample_prefill(k: usize) -> PrefillResult {
+        let base = 0.30 + 0.05 * k as f64;
+        let flops = crate::prefill::tests::FALCON_40B.prefill_flops(2048);
+        PrefillResult::from_runs(2048, base + 0.09, vec![base + 0.01, base, base + 0.02], flops).unwrap()
     }
 
     fn sample_baseline() -> Baseline {
@@ -196,6 +208,7 @@ pub(crate) mod tests {
             "results.json",
             "results.csv",
             "outputs.md",
+            "prefill.csv",
             "seed-bf16.png",
             "seed-int8.png",
             "seed-nf4.png",
@@ -208,6 +221,7 @@ pub(crate) mod tests {
         }
         assert_eq!(read_report(&dir.join(RESULTS_JSON)).unwrap(), report);
         check_csv(&std::fs::read_to_string(dir.join(RESULTS_CSV)).unwrap(), &report);
+        check_prefill_csv(&std::fs::read_to_string(dir.join(crate::outdir::PREFILL_CSV)).unwrap(), &report);
         let md = std::fs::read_to_string(dir.join(OUTPUTS_MD)).unwrap();
         assert!(md.contains(SYNTHETIC_BANNER));
         assert!(report.prompts.iter().all(|p| md.contains(p.as_str())));
@@ -228,6 +242,18 @@ pub(crate) mod tests {
             assert_eq!(row[12].parse::<u64>().unwrap(), r.peak_memory_bytes);
             assert_eq!(row[16], r.output_text);
         }
+    }
+
+    fn check_prefill_csv(text: &str, report: &BenchReport) {
+        let rows = parse_csv(text);
+        assert_eq!(rows[0], crate::csv::PREFILL_CSV_COLUMNS);
+        assert_eq!(rows.len() - 1, 3 * 4, "a warm-up and three timed rows per configuration");
+        let bf16 = report.configs[0].prefill.as_ref().unwrap();
+        assert_eq!(rows[1][..7], ["bf16", "bf16", report.model.as_str(), report.device.name.as_str(), "2048", "0", "true"]);
+        assert_eq!(rows[1][7].parse::<f64>().unwrap(), bf16.warmup_s);
+        assert_eq!(rows[3][5..8], ["1", "false", &bf16.runs_s[1].to_string()]);
+        let tflops: f64 = rows[3][9].parse().unwrap();
+        assert!((tflops - bf16.flops / 0.30 / 1e12).abs() < 1e-9, "{tflops}");
     }
 
     #[test]
@@ -259,9 +285,19 @@ pub(crate) mod tests {
         ] {
             assert!(t.contains(needle), "missing `{needle}` in\n{t}");
         }
-        let table_lines: Vec<&str> = t.lines().filter(|l| l.starts_with('|')).collect();
-        assert_eq!(table_lines.len(), 2 + 3 + 3);
-        assert!(table_lines.iter().all(|l| l.chars().count() == table_lines[0].chars().count()));
+        // Two tables, each a block of `|` lines of one width: the matrix, then the prefill.
+        let tables: Vec<Vec<&str>> = t
+            .split("\n\n")
+            .map(|block| block.lines().filter(|l| l.starts_with('|')).collect::<Vec<_>>())
+            .filter(|lines| !lines.is_empty())
+            .collect();
+        assert_eq!(tables.iter().map(Vec::len).collect::<Vec<_>>(), [2 + 3 + 3, 2 + 3], "{t}");
+        for lines in &tables {
+            assert!(lines.iter().all(|l| l.chars().count() == lines[0].chars().count()), "{t}");
+        }
+        // bf16: median 0.31 s of 171.11 TFLOP.
+        let bf16: Vec<&str> = tables[1][2].split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+        assert_eq!(bf16, ["bf16", "2048", "0.310", "0.300", "0.320", "3", "6606", "552.0", "0.390"]);
     }
 
     /// A tiny CPU model: one run per prompt, no bandwidth, no baseline, one config failed.
@@ -273,6 +309,7 @@ pub(crate) mod tests {
         let mut report = BenchReport::new("/work/shared/assets/models/peregrine-tiny-falcon/", device, &plan);
         let mut ok = sample_config(&plan, QuantKind::F32, 0.012, 350.0, 0);
         ok.ppl = None;
+        ok.prefill = None;
         let failed = ConfigResult {
             label: "nf4".into(),
             quant: QuantKind::Nf4,
@@ -281,6 +318,7 @@ pub(crate) mod tests {
             runs: Vec::new(),
             summary: Summary::default(),
             ppl: None,
+            prefill: None,
             error: Some("load failed: nf4 needs a CUDA device".into()),
         };
         report.configs = vec![ok, failed];
@@ -297,7 +335,8 @@ pub(crate) mod tests {
         assert!(tmp.path().join("seed-f32.png").exists());
         let t = crate::table::render_table(&report);
         assert!(t.contains("nf4 (failed)") && t.contains("nf4 failed: load failed: nf4 needs a CUDA device"), "{t}");
-        assert!(!t.contains("% of BW") && !t.contains("PPL"), "{t}");
+        assert!(!t.contains("% of BW") && !t.contains("PPL") && !t.contains("prefill tokens"), "{t}");
+        assert!(!tmp.path().join(crate::outdir::PREFILL_CSV).exists(), "no prefill figures, no prefill.csv");
         let md = std::fs::read_to_string(tmp.path().join(OUTPUTS_MD)).unwrap();
         assert!(md.contains("_No answer: load failed: nf4 needs a CUDA device._") && !md.contains("Synthetic"), "{md}");
     }
@@ -325,6 +364,6 @@ pub(crate) mod tests {
         std::fs::create_dir(&dir).unwrap();
         let files = write_report(&dir, &many).unwrap();
         keep("many", &files);
-        assert_eq!(files.len(), 5);
+        assert_eq!(files.len(), 6, "3 text files, prefill.csv, 2 plots");
     }
 }

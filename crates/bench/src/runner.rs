@@ -7,12 +7,15 @@
 //! backend is timed the same way. Configurations are loaded one at a time and dropped
 //! before the next loads (a 40B model in bf16 and int8 do not fit side by side), and one
 //! configuration failing (e.g. out of memory) is recorded and does not stop the others.
+//! With `prefill_tokens` set, each configuration's generation runs are followed by the warm
+//! prefill measurement of module `prefill`.
 
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use peregrine_core::{Error, QuantKind, Result};
 
+use crate::prefill::{measure_prefill, prefill_runs, ModelShape};
 use crate::schema::{achieved_gbps, decode_tok_s, ConfigResult, GenerationLimit, RunRecord, Summary};
 
 /// What one generate call produced (the runner measures time and memory itself).
@@ -36,6 +39,22 @@ pub trait BenchTarget {
     /// Generate greedily for `prompt` up to `limit`, calling `on_token(id)` as soon as each
     /// new token is known on the host (the first call marks the time to first token).
     fn generate(&mut self, prompt: &str, limit: GenerationLimit, on_token: &mut dyn FnMut(u32)) -> Result<Generation>;
+    /// The model's dimensions, for `--prefill-tokens` (ids, context check, FLOPs); `None`
+    /// (the default) when the target cannot measure prefill.
+    fn model_shape(&self) -> Option<ModelShape> {
+        None
+    }
+    /// Allocate what a prefill of `ids` (T) needs, then call `body` once with a closure
+    /// that runs one prefill per call: a forward of `ids` from position 0 with logits of the
+    /// last row only, returning when the device has finished (the runner times each call).
+    fn with_prefill(
+        &mut self,
+        ids: &[u32],
+        body: &mut dyn FnMut(&mut dyn FnMut() -> Result<()>) -> Result<()>,
+    ) -> Result<()> {
+        let _ = (ids, body);
+        Err(Error::msg("this bench target cannot measure prefill"))
+    }
 }
 
 impl<T: BenchTarget + ?Sized> BenchTarget for Box<T> {
@@ -50,6 +69,16 @@ impl<T: BenchTarget + ?Sized> BenchTarget for Box<T> {
     }
     fn generate(&mut self, prompt: &str, limit: GenerationLimit, on_token: &mut dyn FnMut(u32)) -> Result<Generation> {
         (**self).generate(prompt, limit, on_token)
+    }
+    fn model_shape(&self) -> Option<ModelShape> {
+        (**self).model_shape()
+    }
+    fn with_prefill(
+        &mut self,
+        ids: &[u32],
+        body: &mut dyn FnMut(&mut dyn FnMut() -> Result<()>) -> Result<()>,
+    ) -> Result<()> {
+        (**self).with_prefill(ids, body)
     }
 }
 
@@ -90,12 +119,15 @@ pub struct BenchPlan {
     pub limit: GenerationLimit,
     /// Show progress bars on stderr (they hide themselves when stderr is not a terminal).
     pub progress: bool,
+    /// `--prefill-tokens N`: after the generation runs, one warm-up and
+    /// `prefill_runs(runs)` timed prefills of N ids per configuration; `None` = off.
+    pub prefill_tokens: Option<usize>,
 }
 
 impl BenchPlan {
     /// A validated plan with progress bars on.
     pub fn new(prompts: Vec<String>, runs: usize, warmup: usize, limit: GenerationLimit) -> Result<BenchPlan> {
-        let plan = BenchPlan { prompts, runs, warmup, limit, progress: true };
+        let plan = BenchPlan { prompts, runs, warmup, limit, progress: true, prefill_tokens: None };
         plan.validate()?;
         Ok(plan)
     }
@@ -111,13 +143,14 @@ impl BenchPlan {
         match self.limit {
             GenerationLimit::MaxLength(0) => Err(Error::input("--max-length must be at least 1")),
             GenerationLimit::MaxNewTokens(0) => Err(Error::input("--max-new-tokens must be at least 1")),
+            _ if self.prefill_tokens == Some(0) => Err(Error::input("--prefill-tokens must be at least 1")),
             _ => Ok(()),
         }
     }
 
-    /// Generate calls per configuration.
+    /// Generate calls per configuration, plus the prefill measurement as one step.
     pub fn calls_per_config(&self) -> usize {
-        self.warmup + self.runs * self.prompts.len()
+        self.warmup + self.runs * self.prompts.len() + self.prefill_tokens.is_some() as usize
     }
 
     /// (prompt index, run index, warm-up) of every call, in the order they run: the
@@ -185,6 +218,7 @@ fn empty_result(spec: &ConfigSpec, weight_bytes: u64, load_s: Option<f64>) -> Co
         runs: Vec::new(),
         summary: Summary::default(),
         ppl: None,
+        prefill: None,
         error: None,
     }
 }
@@ -210,6 +244,14 @@ fn measure_with_bar<T: BenchTarget + ?Sized>(
         bar.inc(1);
     }
     result.resummarize();
+    if let (Some(tokens), None) = (plan.prefill_tokens, &result.error) {
+        bar.set_message(format!("prefill of {tokens} tokens"));
+        match measure_prefill(target, tokens, prefill_runs(plan.runs)) {
+            Ok(p) => result.prefill = Some(p),
+            Err(e) => result.error = Some(format!("prefill of {tokens} tokens: {e}")),
+        }
+        bar.inc(1);
+    }
     finish_bar(bar, &result);
     result
 }
@@ -288,9 +330,10 @@ fn finish_bar(bar: &ProgressBar, result: &ConfigResult) {
     let s = &result.summary;
     let tok = s.decode_tok_s.map(|t| format!("{:.1} tok/s", t.mean)).unwrap_or_else(|| "- tok/s".into());
     let mem = s.peak_memory_gb.map(|m| format!("{:.2} GB peak", m.max)).unwrap_or_else(|| "- GB peak".into());
+    let prefill = result.prefill.as_ref().map(|p| format!(", prefill {:.3} s", p.median_s)).unwrap_or_default();
     match &result.error {
         Some(e) => bar.abandon_with_message(format!("failed: {e}")),
-        None => bar.finish_with_message(format!("{tok}, {mem}")),
+        None => bar.finish_with_message(format!("{tok}, {mem}{prefill}")),
     }
 }
 
@@ -303,6 +346,9 @@ mod tests {
     /// Prefill and per-token sleeps of the fake; measured times can only be longer.
     const PREFILL: Duration = Duration::from_millis(15);
     const PER_TOKEN: Duration = Duration::from_millis(2);
+    /// The fake's prefill time per prompt id, and what its first (cold) prefill adds.
+    const PREFILL_PER_TOKEN: Duration = Duration::from_micros(50);
+    const COLD_EXTRA: Duration = Duration::from_millis(100);
 
     /// A fake model: sleeps for prefill and each token, and "allocates" 1 MB per prompt
     /// token on top of its weights, so each run's peak is known exactly.
@@ -351,6 +397,23 @@ mod tests {
                 on_token(t as u32);
             }
             Ok(Generation { prompt_tokens, generated_tokens: n, text: format!("answer to {prompt}") })
+        }
+        fn model_shape(&self) -> Option<ModelShape> {
+            Some(crate::prefill::tests::FALCON_40B)
+        }
+        /// Sleeps PREFILL_PER_TOKEN per id, plus COLD_EXTRA on the first call (a cold start).
+        fn with_prefill(
+            &mut self,
+            ids: &[u32],
+            body: &mut dyn FnMut(&mut dyn FnMut() -> Result<()>) -> Result<()>,
+        ) -> Result<()> {
+            let mut calls = 0;
+            let n = ids.len() as u32;
+            body(&mut || {
+                calls += 1;
+                std::thread::sleep(PREFILL_PER_TOKEN * n + if calls == 1 { COLD_EXTRA } else { Duration::ZERO });
+                Ok(())
+            })
         }
     }
 
@@ -403,6 +466,29 @@ mod tests {
     }
 
     #[test]
+    fn prefill_follows_the_generation_runs_warm() {
+        let mut p = plan();
+        p.prefill_tokens = Some(64);
+        let results = run_matrix(&p, &parse_quant_list("bf16").unwrap(), |_| Ok(Fake::new(GB))).unwrap();
+        let r = &results[0];
+        assert_eq!((r.error.as_ref(), r.runs.len()), (None, 5));
+        let pre = r.prefill.as_ref().unwrap();
+        assert_eq!((pre.tokens, pre.runs_s.len()), (64, 3), "--runs 2 still times 3 prefills");
+        let warm = (PREFILL_PER_TOKEN * 64).as_secs_f64();
+        assert!(pre.warmup_s >= warm + COLD_EXTRA.as_secs_f64(), "the cold call is the warm-up: {}", pre.warmup_s);
+        assert!(pre.runs_s.iter().all(|&t| t >= warm && t < warm + COLD_EXTRA.as_secs_f64()), "{:?}", pre.runs_s);
+        assert_eq!(pre.flops, crate::prefill::tests::FALCON_40B.prefill_flops(64));
+        assert!((pre.tflops - pre.flops / pre.median_s / 1e12).abs() < 1e-9);
+        // Past the context (2048 for the fake's shape): the configuration says why, its runs stay.
+        p.prefill_tokens = Some(4096);
+        let r = &run_matrix(&p, &parse_quant_list("nf4").unwrap(), |_| Ok(Fake::new(GB))).unwrap()[0];
+        assert!(r.error.as_ref().unwrap().contains("context of 2048"), "{:?}", r.error);
+        assert_eq!((r.runs.len(), r.prefill.as_ref()), (5, None));
+        p.prefill_tokens = Some(0);
+        assert!(p.validate().is_err());
+    }
+
+    #[test]
     fn a_target_that_does_not_stream_is_an_error() {
         struct Silent;
         impl BenchTarget for Silent {
@@ -421,6 +507,9 @@ mod tests {
         let spec = ConfigSpec { label: "bf16".into(), quant: QuantKind::Bf16 };
         let r = measure_config(&mut boxed, &spec, &plan(), None);
         assert!(r.error.unwrap().contains("on_token"));
+        // Nor does it prefill: the default `model_shape` says so.
+        let e = crate::prefill::measure_prefill(&mut boxed, 8, 3).unwrap_err().to_string();
+        assert!(e.contains("cannot measure prefill"), "{e}");
     }
 
     #[test]

@@ -212,6 +212,56 @@ impl QualityResult {
     }
 }
 
+/// The warm prefill figures of one configuration (`--prefill-tokens N`): one warm-up and
+/// then `runs_s.len()` timed forwards of N synthetic ids from position 0, logits of the last
+/// row only, each ended by a device synchronize and timed on the host.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrefillResult {
+    /// N, the prompt length of every prefill.
+    pub tokens: usize,
+    /// The warm-up prefill (first calls for new shapes): recorded, not summarised.
+    pub warmup_s: f64,
+    /// Every timed prefill, in order.
+    pub runs_s: Vec<f64>,
+    /// Median of `runs_s`.
+    pub median_s: f64,
+    /// tokens / median_s.
+    pub tokens_per_s: f64,
+    /// FLOPs of one prefill, `ModelShape::prefill_flops` (2 x block linear parameters x N
+    /// + causal attention 4 x N^2/2 x H x Hd x L + the last row's head 2 x D x V).
+    pub flops: f64,
+    /// flops / median_s / 1e12.
+    pub tflops: f64,
+}
+
+impl PrefillResult {
+    /// Summarise timed prefills of `tokens` ids that each took `flops`; at least one run,
+    /// every time finite and positive.
+    pub fn from_runs(tokens: usize, warmup_s: f64, runs_s: Vec<f64>, flops: f64) -> Result<PrefillResult> {
+        if runs_s.is_empty() {
+            return Err(Error::msg("prefill: no timed runs"));
+        }
+        if let Some(bad) = runs_s.iter().chain([&warmup_s]).find(|t| !(t.is_finite() && **t > 0.0)) {
+            return Err(Error::msg(format!("prefill: a run took {bad} s; expected a positive time")));
+        }
+        let median_s = percentile(&runs_s, 50.0).unwrap_or(f64::NAN);
+        Ok(PrefillResult {
+            tokens,
+            warmup_s,
+            median_s,
+            tokens_per_s: tokens as f64 / median_s,
+            flops,
+            tflops: flops / median_s / 1e12,
+            runs_s,
+        })
+    }
+
+    /// Summary of the timed runs (mean, stddev, min, max).
+    pub fn stat(&self) -> Option<Stat> {
+        Stat::of(&self.runs_s)
+    }
+}
+
 /// Everything measured for one configuration (one `--quant` entry).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConfigResult {
@@ -227,6 +277,9 @@ pub struct ConfigResult {
     /// Derived from `runs` (non-warm-up only).
     pub summary: Summary,
     pub ppl: Option<QualityResult>,
+    /// Warm prefill figures, with `--prefill-tokens` (absent in reports written before it).
+    #[serde(default)]
+    pub prefill: Option<PrefillResult>,
     /// Why this configuration stopped early (load failure, out of memory); its finished runs are kept.
     pub error: Option<String>,
 }
@@ -372,6 +425,38 @@ mod tests {
         assert_eq!(GenerationLimit::MaxLength(10).new_tokens(20), 0);
         assert_eq!(GenerationLimit::MaxNewTokens(64).new_tokens(20), 64);
         assert_eq!(serde_json::to_string(&GenerationLimit::MaxLength(100)).unwrap(), r#"{"max_length":100}"#);
+    }
+
+    #[test]
+    fn prefill_summary_and_json_round_trip() {
+        let p = PrefillResult::from_runs(2048, 0.39, vec![0.31, 0.29, 0.30, 0.35], 171.1e12).unwrap();
+        assert!((p.median_s - 0.305).abs() < TOL, "median of four is the mean of the middle two");
+        assert!((p.tokens_per_s - 2048.0 / 0.305).abs() < 1e-6);
+        assert!((p.tflops - 171.1 / 0.305).abs() < 1e-6);
+        let json = serde_json::to_string(&p).unwrap();
+        for field in ["tokens", "warmup_s", "runs_s", "median_s", "tokens_per_s", "flops", "tflops"] {
+            assert!(json.contains(&format!("\"{field}\":")), "{field} missing in {json}");
+        }
+        let back: PrefillResult = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, p);
+        assert!(PrefillResult::from_runs(64, 0.1, vec![], 1.0).is_err());
+        assert!(PrefillResult::from_runs(64, 0.1, vec![0.0], 1.0).is_err());
+        assert!(PrefillResult::from_runs(64, f64::NAN, vec![0.1], 1.0).is_err());
+    }
+
+    #[test]
+    fn a_report_without_prefill_still_reads() {
+        let mut report = crate::report::tests::sample_report();
+        report.configs[0].prefill = PrefillResult::from_runs(2048, 0.4, vec![0.3, 0.3, 0.3], 1e14).ok();
+        let path = std::path::Path::new("results.json");
+        assert_eq!(BenchReport::from_json(&report.to_json(), path).unwrap(), report);
+        // Written before --prefill-tokens existed: no `prefill` key at all.
+        let mut v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        v["configs"].as_array_mut().unwrap().iter_mut().for_each(|c| {
+            c.as_object_mut().unwrap().remove("prefill");
+        });
+        let old = BenchReport::from_json(&v.to_string(), path).unwrap();
+        assert!(old.configs.iter().all(|c| c.prefill.is_none()));
     }
 
     #[test]

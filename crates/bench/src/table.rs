@@ -4,6 +4,8 @@
 //! Design choice: rows are built as plain strings first, then a generic markdown renderer
 //! pads columns to width, so the same table reads well in a terminal and pastes into a
 //! README; optional columns (bandwidth share, perplexity) appear only when some row has them.
+//! The warm prefill figures (`--prefill-tokens`) are a second, small table below the first,
+//! present only when some configuration has them.
 
 use crate::schema::{BenchReport, ConfigResult, Summary, BYTES_PER_GB};
 use crate::stats::Stat;
@@ -86,8 +88,43 @@ pub fn render_table(report: &BenchReport) -> String {
     let (header, right) = header(&cols);
     let mut out = header_lines(report);
     out.push_str(&markdown_table(&header, &right, &rows));
+    out.push_str(&prefill_table(report));
     out.push_str(&footnotes(report));
     out
+}
+
+/// The warm prefill table: one row per configuration that has prefill figures; empty
+/// when none has.
+pub fn prefill_table(report: &BenchReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .configs
+        .iter()
+        .filter_map(|c| c.prefill.as_ref().map(|p| (c, p)))
+        .map(|(c, p)| {
+            let stat = p.stat();
+            vec![
+                c.label.clone(),
+                p.tokens.to_string(),
+                num(p.median_s),
+                stat.map(|s| num(s.min)).unwrap_or_else(|| "-".into()),
+                stat.map(|s| num(s.max)).unwrap_or_else(|| "-".into()),
+                p.runs_s.len().to_string(),
+                num(p.tokens_per_s),
+                num(p.tflops),
+                num(p.warmup_s),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let header: Vec<String> =
+        ["config", "prefill tokens", "median s", "min s", "max s", "runs", "tok/s", "TFLOPS", "warm-up s"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+    let right: Vec<bool> = (0..header.len()).map(|i| i > 0).collect();
+    format!("\n{}", markdown_table(&header, &right, &rows))
 }
 
 fn header(cols: &Columns) -> (Vec<String>, Vec<bool>) {
@@ -185,6 +222,12 @@ fn footnotes(r: &BenchReport) -> String {
     let mut out =
         String::from("\nmean ± sample stddev over measured runs; GB = 1e9 bytes; TTFT = prefill + first token;\n");
     out.push_str("weights GB/s = resident weight bytes x decode tok/s\n");
+    if r.configs.iter().any(|c| c.prefill.is_some()) {
+        out.push_str(
+            "prefill: after a warm-up, timed forwards of synthetic ids from position 0 (last-row logits, device \
+             synchronized); TFLOPS = (2 x block linear params x N + 2 N^2 H Hd L + 2 D V) / median s\n",
+        );
+    }
     if let Some(b) = &r.baseline {
         let device = b.device.as_deref().map(|d| format!(" on {d}")).unwrap_or_default();
         out.push_str(&format!(

@@ -2,18 +2,20 @@
 //! the model, run warm-up + N rounds of `generate(max_length=100)` over the prompts, and
 //! write the table, results.json/csv, the seed's charts and outputs.md. Without `--model`
 //! it benchmarks synthetic Falcon-40B weights on a GPU that holds them, else the largest
-//! preset that fits, so it runs on a fresh machine with no download.
+//! preset that fits, so it runs on a fresh machine with no download. With
+//! `--prefill-tokens N` each configuration also gets a warm prefill measurement (one
+//! warm-up, then at least 3 timed forwards of N synthetic ids, median and TFLOPS).
 
 use std::path::PathBuf;
 
 use clap::Args;
 use peregrine_bench::{
-    prepare_out_dir, read_prompt_file, render_table, run_matrix, seed_prompts, write_report, BenchPlan, BenchReport,
-    BenchTarget, ConfigSpec, Generation, GenerationLimit,
+    check_prefill_tokens, prepare_out_dir, read_prompt_file, render_table, run_matrix, seed_prompts, write_report,
+    BenchPlan, BenchReport, BenchTarget, ConfigSpec, Generation, GenerationLimit, ModelShape,
 };
 use peregrine_core::{Backend, Error, Result, SamplingParams};
 use peregrine_engine::{GenerateRequest, Session, Tokenizer};
-use peregrine_models::{presets, Falcon};
+use peregrine_models::{presets, Falcon, FalconConfig};
 
 use crate::args::{DeviceArg, FormatArgs};
 use crate::device::{dispatch, OnBackend};
@@ -77,6 +79,12 @@ pub struct BenchArgs {
     /// Run every decode op eagerly instead of replaying the decode step as a CUDA graph.
     #[arg(long)]
     pub no_graph: bool,
+    /// Also measure a warm prefill of N tokens per configuration, after its generation runs:
+    /// one warm-up, then max(--runs, 3) timed forwards of N synthetic ids from position 0
+    /// (logits of the last row only, device synchronized), reported as the median seconds,
+    /// tokens/s and TFLOPS. N must be at most the model's context. Default: off.
+    #[arg(long, value_name = "N")]
+    pub prefill_tokens: Option<usize>,
     #[command(flatten)]
     pub format: FormatArgs,
 }
@@ -94,7 +102,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (_, Some(n)) => GenerationLimit::MaxNewTokens(n),
         (l, None) => GenerationLimit::MaxLength(l.unwrap_or(100)),
     };
-    let plan = BenchPlan::new(prompts, args.runs, args.warmup, limit)?;
+    let mut plan = BenchPlan::new(prompts, args.runs, args.warmup, limit)?;
+    plan.prefill_tokens = args.prefill_tokens;
+    plan.validate()?;
     let out = args.out.clone().unwrap_or_else(default_out_dir);
     prepare_out_dir(&out, args.force)?;
     let baseline = args.baseline.as_deref().map(peregrine_bench::load_baseline).transpose()?;
@@ -129,6 +139,9 @@ impl OnBackend for Job {
             Some(m) => (m.clone(), a.dummy_weights),
             None => (default_preset(backend, &self.specs)?, true),
         };
+        if let Some(tokens) = a.prefill_tokens {
+            check_prefill_tokens(tokens, &shape_of(&model_config(&model_spec, dummy)?))?;
+        }
         let tokenizer = find_tokenizer(a, &model_spec, dummy)?;
         let device = peregrine_bench::DeviceInfo {
             name: backend.name(),
@@ -175,6 +188,31 @@ fn default_preset<B: Backend>(backend: &B, specs: &[ConfigSpec]) -> Result<Strin
         available as f64 / 1e9,
         backend.name()
     )))
+}
+
+/// The config of `spec` without loading weights (for the --prefill-tokens check before any load).
+fn model_config(spec: &str, dummy: bool) -> Result<FalconConfig> {
+    if dummy {
+        if let Some(preset) = presets::preset(spec) {
+            return preset;
+        }
+        return FalconConfig::from_dir(std::path::Path::new(spec));
+    }
+    FalconConfig::from_dir(&crate::load::model_dir(spec)?)
+}
+
+/// The dimensions the bench's prefill ids, context check and FLOP count need.
+fn shape_of(c: &FalconConfig) -> ModelShape {
+    ModelShape {
+        vocab: c.vocab_size,
+        hidden: c.hidden_size,
+        ffn: c.ffn_hidden_size,
+        n_head: c.n_head,
+        n_kv: c.n_kv,
+        head_dim: c.head_dim,
+        n_layer: c.n_layer,
+        context: c.max_position_embeddings,
+    }
 }
 
 fn find_tokenizer(a: &BenchArgs, model: &str, dummy: bool) -> Result<Option<Tokenizer>> {
@@ -285,6 +323,25 @@ impl<B: Backend> BenchTarget for EngineTarget<'_, B> {
         };
         Ok(Generation { prompt_tokens: ids.len(), generated_tokens: out.ids.len(), text })
     }
+
+    fn model_shape(&self) -> Option<ModelShape> {
+        Some(shape_of(&self.model.config))
+    }
+
+    /// One session sized for `ids` (cache and workspace of T positions), reused by every
+    /// prefill `body` runs; each prefill is `Session::prefill` then a device synchronize.
+    fn with_prefill(
+        &mut self,
+        ids: &[u32],
+        body: &mut dyn FnMut(&mut dyn FnMut() -> Result<()>) -> Result<()>,
+    ) -> Result<()> {
+        let backend = self.backend;
+        let mut session = Session::new(backend, &self.model, ids.len(), ids.len())?;
+        body(&mut || {
+            session.prefill(ids)?;
+            backend.synchronize()
+        })
+    }
 }
 
 /// The Falcon tokenizer's ids of the seed's five prompts (computed with tokenizers 0.22 on
@@ -305,4 +362,68 @@ fn seed_prompt_ids(prompt: &str) -> Option<&'static [u32]> {
 fn synthetic_text(ids: &[u32]) -> String {
     let shown: Vec<String> = ids.iter().take(24).map(u32::to_string).collect();
     format!("[{} token ids, no tokenizer: {}{}]", ids.len(), shown.join(" "), if ids.len() > 24 { " ..." } else { "" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn tiny() -> String {
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/assets/models/peregrine-tiny-falcon");
+        assert!(std::path::Path::new(p).join("config.json").exists(), "missing shared test model {p}/config.json");
+        p.to_string()
+    }
+
+    fn bench_args(out: &std::path::Path, prompts: &std::path::Path, extra: &[&str]) -> BenchArgs {
+        let base = ["bench", "--device", "cpu", "--model", &tiny(), "--quant", "bf16", "--max-new-tokens", "2"];
+        let paths = ["--runs", "1", "--warmup", "0", "--prompts", prompts.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        Cli::parse_from(base.iter().chain(&paths).chain(extra)).bench
+    }
+
+    #[test]
+    fn falcon_40b_preset_shape_gives_the_prefill_flops() {
+        let shape = shape_of(&presets::preset("falcon-40b").unwrap().unwrap());
+        assert_eq!(shape.block_linear_params(), 40_768_634_880);
+        assert_eq!(shape.context, 2048);
+        const TFLOP_TOL: f64 = 0.005;
+        assert!((shape.prefill_flops(2048) / 1e12 - 171.1123).abs() < TFLOP_TOL);
+    }
+
+    #[test]
+    fn tiny_model_bench_measures_a_warm_prefill_on_the_cpu() {
+        let tmp = tempfile::tempdir().unwrap();
+        let prompts = tmp.path().join("prompts.txt");
+        std::fs::write(&prompts, "Once upon a time\n").unwrap();
+        let out = tmp.path().join("report");
+        run(bench_args(&out, &prompts, &["--prefill-tokens", "64"])).unwrap();
+        let report = peregrine_bench::read_report(&out.join("results.json")).unwrap();
+        let c = &report.configs[0];
+        assert_eq!((c.error.as_deref(), c.runs.len()), (None, 1));
+        let p = c.prefill.as_ref().expect("prefill figures");
+        assert_eq!((p.tokens, p.runs_s.len()), (64, 3), "--runs 1 still times 3 prefills");
+        let shape = shape_of(&FalconConfig::from_dir(std::path::Path::new(&tiny())).unwrap());
+        assert_eq!(p.flops, shape.prefill_flops(64));
+        assert!(p.median_s > 0.0 && p.runs_s.iter().all(|&t| t > 0.0));
+        assert!((p.tflops - p.flops / p.median_s / 1e12).abs() < 1e-12);
+        let csv = std::fs::read_to_string(out.join("prefill.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 1 + 4, "header, warm-up, 3 timed runs:\n{csv}");
+    }
+
+    #[test]
+    fn prefill_beyond_the_context_is_one_line_before_any_load() {
+        let tmp = tempfile::tempdir().unwrap();
+        let prompts = tmp.path().join("prompts.txt");
+        std::fs::write(&prompts, "Once upon a time\n").unwrap();
+        let e = run(bench_args(&tmp.path().join("r"), &prompts, &["--prefill-tokens", "4096"])).unwrap_err().to_string();
+        assert!(e.contains("--prefill-tokens 4096") && e.contains("context of 2048") && e.lines().count() == 1, "{e}");
+        let e = run(bench_args(&tmp.path().join("r0"), &prompts, &["--prefill-tokens", "0"])).unwrap_err().to_string();
+        assert!(e.contains("at least 1"), "{e}");
+    }
 }

@@ -168,6 +168,26 @@ impl<'m, B: Backend> Session<'m, B> {
         self.cache.capacity
     }
 
+    /// One prefill forward of `ids` (T) from position 0 into this session's cache and
+    /// workspace, leaving the last row's logits (1, V) in the workspace; nothing is sampled.
+    /// The work may still be running on the device when this returns: a caller that times
+    /// it calls `backend.synchronize()` after it (as `peregrine bench --prefill-tokens` does).
+    pub fn prefill(&mut self, ids: &[u32]) -> Result<()> {
+        let t = ids.len();
+        if t == 0 {
+            return Err(Error::input("prefill: no input ids"));
+        }
+        if t > self.ws.max_tokens || t > self.cache.capacity {
+            return Err(Error::input(format!(
+                "prefill of {t} ids: this session was sized for prompts of {} and a cache of {} positions",
+                self.ws.max_tokens, self.cache.capacity
+            )));
+        }
+        self.cache.clear();
+        let positions: Vec<u32> = (0..t as u32).collect();
+        self.model.forward(self.backend, ids, &positions, &mut self.cache, &mut self.ws, LogitRows::Last)
+    }
+
     /// Generate for `req`, calling `on_text` with each released piece of text.
     pub fn generate(
         &mut self,
