@@ -4,12 +4,11 @@
 //   dequant_int8_bf16(cb, scb, K, row_ids, row0, nrows, out (nrows, K)): out = bf16((cb * scb) / 127),
 //     thread per element, grid-stride (prefill chunks and embeddings).
 //   dequant_int8w_bf16(same arguments): K % 16 == 0, thread per 16 weights, 16-byte accesses.
-//   gemv_int8_bf16_t{1,2,4,8}(x (T, K), cb, scb, N, K, T, bias, out (T, N)): weight-only, T <= 8.
-//     A warp owns 4 weight rows (8 warps per block); lane l streams 16-byte words l, l+32, .. of
-//     them, 2 words per row in flight; f32 accumulate of x * cb, scaled once by scb/127 at the end.
+//   (The weight-only GEMV for T <= 8, no threshold, is gemv_int8w_bf16_t* in gemv8.cu.)
 //   gemv_int8_mixed_bf16_t{1,2,4,8}(xq, sca, cb, scb, x, cols, count, N, K, T, bias, out): LLM.int8
-//     for T <= 8 with the same mapping: dp4a on 16-byte words, then the outlier columns split
-//     over the lanes, then the int8_mm epilogue below.
+//     for T <= 8: a warp owns 4 weight rows (8 warps per block); lane l streams 16-byte words
+//     l, l+32, .. of them, 2 words per row in flight; dp4a on the words, then the outlier columns
+//     split over the lanes, then the int8_mm epilogue below.
 //   The LLM.int8 mixed-precision decomposition (threshold > 0), as bitsandbytes' MatMul8bitLt:
 //   (x is first rounded to f16 and compared with the f16 threshold, as bitsandbytes casts to f16.)
 //   int8_outlier_flags(x (T, K), T, K, threshold, flags (K)): flags[k] = any_t |x[t,k]| >= threshold.
@@ -73,77 +72,12 @@ extern "C" __global__ void dequant_int8w_bf16(const i8* __restrict__ cb, const f
     }
 }
 
-// GEMVs for T <= 8 (same scheme as gemv4 in quant4.cu): a warp owns GEMV_ROWS consecutive
-// weight rows, lane l streams 16-byte words l, l+32, .. of them (16 weights a word), GEMV_UNROLL
-// words per row in flight, activations loaded once per word and reused for the rows.
+// The LLM.int8 GEMV for T <= 8 (same scheme as gemv4 in quant4.cu): a warp owns GEMV_ROWS
+// consecutive weight rows, lane l streams 16-byte words l, l+32, .. of them (16 weights a word),
+// GEMV_UNROLL words per row in flight, activations loaded once per word and reused for the rows.
 #define GEMV_ROWS 4
 #define GEMV_WARPS 8
 #define GEMV_UNROLL 2
-
-__device__ __forceinline__ u32 word_of(const uint4& q, int i) { return i == 0 ? q.x : i == 1 ? q.y : i == 2 ? q.z : q.w; }
-
-template <int MAXT>
-__device__ __forceinline__ void gemv_int8_body(const bf16* __restrict__ x, const i8* __restrict__ cb,
-                                               const float* __restrict__ scb, int N, int K, int T,
-                                               const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int n0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_ROWS;
-    if (n0 >= N) return;
-    const int words = K / 16;
-    float acc[GEMV_ROWS][MAXT];
-#pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++)
-#pragma unroll
-        for (int t = 0; t < MAXT; t++) acc[r][t] = 0.f;
-    for (int w0 = lane; w0 < words; w0 += 32 * GEMV_UNROLL) {
-        uint4 q[GEMV_UNROLL][GEMV_ROWS];
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++)
-#pragma unroll
-            for (int r = 0; r < GEMV_ROWS; r++) {
-                const int w = w0 + 32 * u, n = n0 + r;
-                q[u][r] = (w < words && n < N) ? __ldg(reinterpret_cast<const uint4*>(cb + (i64)n * K + (i64)w * 16))
-                                               : make_uint4(0, 0, 0, 0);
-            }
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            const int w = w0 + 32 * u;
-            if (w >= words) break;
-#pragma unroll
-            for (int half = 0; half < 2; half++) {
-                const int k = w * 16 + half * 8;
-                float xf[MAXT][8];
-#pragma unroll
-                for (int t = 0; t < MAXT; t++)
-                    if (t < T) unpack8_bf16(__ldg(reinterpret_cast<const uint4*>(x + (i64)t * K + k)), xf[t]);
-#pragma unroll
-                for (int r = 0; r < GEMV_ROWS; r++) {
-                    float wv[8];
-#pragma unroll
-                    for (int e = 0; e < 8; e++) wv[e] = (float)(i8)((word_of(q[u][r], 2 * half + e / 4) >> (8 * (e % 4))) & 0xFF);
-#pragma unroll
-                    for (int t = 0; t < MAXT; t++)
-                        if (t < T)
-#pragma unroll
-                            for (int e = 0; e < 8; e++) acc[r][t] += wv[e] * xf[t][e];
-                }
-            }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++) {
-        const int n = n0 + r;
-        const float s = (n < N) ? scb[n] : 0.f;
-        const float bv = (bias != nullptr && n < N) ? bf2f(bias[n]) : 0.f;
-#pragma unroll
-        for (int t = 0; t < MAXT; t++) {
-            if (t < T) {
-                const float v = warp_sum(acc[r][t]);
-                if (lane == 0 && n < N) store_epilogue(out, (i64)t * N + n, __fmul_rn(v * s, INV_127) + bv, epi);
-            }
-        }
-    }
-}
 
 // LLM.int8 for T <= 8: dp4a of the int8 activations (int8_quant_rows) with cb, then the outlier
 // columns in f32, with the epilogue of int8_mm below.
@@ -231,10 +165,6 @@ __device__ __forceinline__ void gemv_int8_mixed_body(const i8* __restrict__ xq, 
 }
 
 #define GEMV_INT8_KERNELS(MAXT)                                                                                   \
-    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_int8_bf16_t##MAXT(                          \
-        const bf16* x, const i8* cb, const float* scb, int N, int K, int T, const bf16* bias, int epi, bf16* out) {         \
-        gemv_int8_body<MAXT>(x, cb, scb, N, K, T, bias, epi, out);                                                     \
-    }                                                                                                             \
     extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_int8_mixed_bf16_t##MAXT(                    \
         const i8* xq, const float* sca, const i8* cb, const float* scb, const bf16* x, const int* cols,           \
         const int* count, int N, int K, int T, const bf16* bias, int epi, bf16* out) {                                     \

@@ -1,9 +1,10 @@
 //! Linear layers on the device: dense bf16, LLM.int8 and bitsandbytes NF4/FP4, kept in their
 //! stored layout (no repacking: every dequantized value is bitsandbytes' by construction).
 //!
-//! Dispatch (`matmul`): dense goes to cuBLAS. Quantized weights with few rows (T <= 8, decode)
-//! use a fused dequantize-and-multiply GEMV (instantiated for T <= 1, 2, 4, 8) that streams the
-//! packed weights once; more rows
+//! Dispatch (`matmul`): decode GEMVs that stream the weights once: dense at T = 1 and LLM.int8
+//! weight-only at T <= 8 (kernels/gemv8.cu: CUDA cores at T = 1, tensor cores at T = 2..8), NF4/FP4
+//! at T <= 8 (fused dequantize-and-multiply, kernels/quant4.cu); dense with more rows goes to
+//! cuBLAS (faster than the GEMVs from T = 2, examples/lab_gemv8.rs); quantized weights with more rows
 //! (prefill) dequantize chunks of at most `DEQUANT_CHUNK_ELEMS` weights to bf16 and call cuBLAS,
 //! so the extra memory stays bounded (64 MiB) whatever the layer. LLM.int8 with a threshold runs
 //! the mixed-precision decomposition (int8 x int8 in dp4a for regular columns, bf16 for the
@@ -219,6 +220,7 @@ pub unsafe fn matmul(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Op
     }
     let beta = if epi == Epilogue::Accumulate { 1.0 } else { 0.0 };
     match w {
+        CudaLinear::Dense { w, .. } if gemv8_fits(rows, GEMV8_DENSE_MAX_ROWS, k, 8, x) => gemv8(dev, "gemv_bf16_t1", 4, x, rows, w.ptr(), 0, n, k, bias, epi, out),
         CudaLinear::Dense { w, .. } => {
             dev.gemm_xwt_bf16(x, rows, w.ptr(), n, k, out, n, beta)?;
             add_bias(dev, out, rows, n, bias)?;
@@ -229,14 +231,55 @@ pub unsafe fn matmul(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Op
             let a = a.ptr(code.ptr()).i32(*blocksize as i32).i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).i32(epi.code()).ptr(out);
             dev.launch("quant4", gemv_kernel(["gemv4_bf16_t1", "gemv4_bf16_t2", "gemv4_bf16_t4", "gemv4_bf16_t8"], rows), gemv_grid(n), a)
         }
-        CudaLinear::Int8 { cb, scb, threshold: None, .. } if rows <= GEMV_MAX_ROWS && k % 16 == 0 => {
-            let a = Args::new().ptr(x).ptr(cb.ptr()).ptr(scb.ptr()).i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).i32(epi.code()).ptr(out);
-            let names = ["gemv_int8_bf16_t1", "gemv_int8_bf16_t2", "gemv_int8_bf16_t4", "gemv_int8_bf16_t8"];
-            dev.launch("int8", gemv_kernel(names, rows), gemv_grid(n), a)
+        CudaLinear::Int8 { cb, scb, threshold: None, .. } if gemv8_fits(rows, GEMV_MAX_ROWS, k, 16, x) => {
+            gemv8_int8w(dev, x, rows, cb.ptr(), scb.ptr(), n, k, bias, epi, out)
         }
         CudaLinear::Int8 { cb, scb, threshold: Some(thr), .. } => int8_mixed(dev, x, rows, cb, scb, *thr, n, k, bias, epi, out),
         _ => dequant_gemm(dev, x, rows, w, bias, epi, out),
     }
+}
+
+/// Whether kernels/gemv8.cu serves this product: at most `max_rows` rows, whole 16-byte words of
+/// `per_word` weights in every row, and x 16-byte aligned (its rows then are too).
+fn gemv8_fits(rows: usize, max_rows: usize, k: usize, per_word: usize, x: u64) -> bool {
+    rows <= max_rows && k % per_word == 0 && x % 16 == 0
+}
+
+/// Warps per block and resident blocks per SM of the gemv8 kernels (GEMV8_WARPS and
+/// GEMV8_BLOCKS_PER_SM in kernels/gemv8.cu).
+const GEMV8_WARPS: u32 = 8;
+const GEMV8_BLOCKS_PER_SM: usize = 2;
+/// Dense linears take the bf16 GEMV for this many rows; cuBLAS is faster from 2 rows on
+/// (examples/lab_gemv8.rs: qkv 45 us against 54-60 us for the GEMVs at T = 2..8).
+const GEMV8_DENSE_MAX_ROWS: usize = 1;
+/// The int8 weight-only kernels for T = 1 and the CUDA-core ones for T <= 2, 4, 8.
+const GEMV8_INT8W: [&str; 4] = ["gemv_int8w_bf16_t1", "gemv_int8w_bf16_t2", "gemv_int8w_bf16_t4", "gemv_int8w_bf16_t8"];
+/// The tensor-core int8 kernel (2 <= T <= 8) and the K multiple it needs (whole 64-weight k-blocks).
+const GEMV8_INT8W_MMA: &str = "gemv_mma_int8w_bf16";
+const GEMV8_MMA_K: usize = 64;
+
+/// Launch a gemv8 kernel: one wave of blocks, each owning an equal share of the N rows
+/// (`rows_per_group`: 4 for gemv_body, 16 for gemv_mma_body, so small N gets whole groups).
+///
+/// # Safety
+/// As `matmul`; w holds N*K weights (and scb N scales, or 0 for bf16) in the kernel's format.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemv8(dev: &Device, kernel: &'static str, rows_per_group: usize, x: u64, rows: usize, w: u64, scb: u64, n: usize, k: usize, bias: Option<u64>, epi: Epilogue, out: u64) -> Result<()> {
+    let blocks = (GEMV8_BLOCKS_PER_SM * dev.sm_count as usize).min(n.div_ceil(rows_per_group)).max(1);
+    let a = Args::new().ptr(x).ptr(w).ptr(scb).i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).i32(epi.code()).ptr(out);
+    dev.launch("gemv8", kernel, Grid::new((blocks as u32, 1, 1), GEMV8_WARPS * 32), a)
+}
+
+/// LLM.int8 weight-only through gemv8: T = 1 on CUDA cores, 2..8 on tensor cores when K allows.
+///
+/// # Safety
+/// As `matmul`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemv8_int8w(dev: &Device, x: u64, rows: usize, cb: u64, scb: u64, n: usize, k: usize, bias: Option<u64>, epi: Epilogue, out: u64) -> Result<()> {
+    if rows >= 2 && k % GEMV8_MMA_K == 0 {
+        return gemv8(dev, GEMV8_INT8W_MMA, 16, x, rows, cb, scb, n, k, bias, epi, out);
+    }
+    gemv8(dev, gemv_kernel(GEMV8_INT8W, rows), 4, x, rows, cb, scb, n, k, bias, epi, out)
 }
 
 /// The GEMV instantiation for `rows` (<= 8) activation rows: t1, t2, t4 or t8.

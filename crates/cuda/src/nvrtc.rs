@@ -36,6 +36,7 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource { name: "attention", code: include_str!("../kernels/attention.cu") },
     KernelSource { name: "quant4", code: include_str!("../kernels/quant4.cu") },
     KernelSource { name: "int8", code: include_str!("../kernels/int8.cu") },
+    KernelSource { name: "gemv8", code: include_str!("../kernels/gemv8.cu") },
     KernelSource { name: "random", code: include_str!("../kernels/random.cu") },
     KernelSource { name: "sample", code: include_str!("../kernels/sample.cu") },
 ];

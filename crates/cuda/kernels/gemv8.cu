@@ -1,0 +1,348 @@
+// gemv8.cu: the decode GEMVs, out (T, N) = epi(x (T, K) @ W^T + bias) for T <= 8 activation rows,
+// streaming the weight matrix once at the memory roofline, for two weight formats:
+//   bf16 (Dense linears): w (N, K) bf16 row-major, 8 weights per 16-byte word.
+//   LLM.int8 weight-only (no threshold): cb (N, K) int8 row-major + scb (N,) f32; weight =
+//     cb * scb / 127 with the scale factored out of the sum: y = (acc * scb[n]) * (1/127), then + bias.
+// Kernels (module "gemv8"; arguments x, w or cb, scb (null for bf16), N, K, T, bias, epi, out):
+//   gemv_bf16_t1                      T = 1 (T >= 2 goes to cuBLAS: faster in the lab)
+//   gemv_int8w_bf16_t1                T = 1
+//   gemv_mma_int8w_bf16               2 <= T <= 8, K % 64 == 0 (tensor cores, gemv_mma_body)
+//   gemv_int8w_bf16_t{2,4,8}          T <= 2/4/8 when K % 64 != 0
+// Thread mapping (gemv_body): one wave of blocks (the host launches at most GEMV8_BLOCKS_PER_SM
+//   blocks per SM, all resident), block b owns the rows [N*b/G, N*(b+1)/G): an equal share to one
+//   row, so no block waits on a second wave and every block ends at about the same time. The block
+//   walks its rows R at a time; all its warps split K: lane l of warp j reads 16-byte words
+//   j*32 + l + i*32*WARPS of the R rows (each warp load instruction covers 512 contiguous bytes of
+//   a row), U words per row per step, the next step's words loaded before the current ones are
+//   used (register double buffering, also across row groups). x is read through L1 (8 bf16 per
+//   load, reused for the R rows); weights bypass L1 (each byte is read once). f32 accumulation;
+//   after each row group the warps' butterfly sums meet in shared memory (double-buffered, one
+//   barrier per group) and thread (r, t) adds them in warp order, applies bias and the epilogue
+//   (store_epilogue: one bf16 rounding). gemv_mma_body (below) keeps the same blocks and rows.
+// Key design choice (int8): a byte becomes an f32 without the int->float converter (quarter rate
+//   on Hopper, which capped the previous kernel near 2 TB/s): flip its sign bit (b + 128, one LOP
+//   per 4 bytes), place it under the exponent of 2^23 with one PRMT (the float 2^23 + b + 128) and
+//   subtract 2^23 + 128 with one FADD: exact for every byte.
+// Assumptions (checked on the host): K % 8 (bf16) or K % 16 (int8) == 0, x and w 16-byte aligned,
+//   T <= MAXT of the instantiation; any grid is correct (more blocks than resident only lose the
+//   single wave).
+#include "prelude.cuh"
+
+// bitsandbytes' int8_vectorwise_dequant constant 1/127.
+#define INV_127 7.874015718698502e-3f
+
+/// A 16-byte load of weights: read-only path, not kept in L1 (each weight is read once).
+__device__ __forceinline__ uint4 ld_weights(const u8* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
+/// The 4 signed bytes of `w` as exact f32 (see the file comment).
+__device__ __forceinline__ void int8x4_to_f32(u32 w, float* f) {
+    const u32 u = w ^ 0x80808080u;  // each byte b -> b + 128 in [0, 255]
+    f[0] = __int_as_float(__byte_perm(u, 0x4B000000u, 0x7540)) - 8388736.0f;
+    f[1] = __int_as_float(__byte_perm(u, 0x4B000000u, 0x7541)) - 8388736.0f;
+    f[2] = __int_as_float(__byte_perm(u, 0x4B000000u, 0x7542)) - 8388736.0f;
+    f[3] = __int_as_float(__byte_perm(u, 0x4B000000u, 0x7543)) - 8388736.0f;
+}
+
+/// bf16 weights: 8 per word, no scale.
+struct WeightsBf16 {
+    static constexpr int PER_WORD = 8;
+    /// The 8 weights of chunk `c` (8 weights; a bf16 word is one chunk) of word q.
+    __device__ static __forceinline__ void chunk(const uint4& q, int, float* w) { unpack8_bf16(q, w); }
+    __device__ static __forceinline__ float finish(float acc, const float*, int) { return acc; }
+};
+
+/// LLM.int8 weight-only: 16 weights per word (2 chunks of 8), row scale applied at the end.
+struct WeightsInt8 {
+    static constexpr int PER_WORD = 16;
+    __device__ static __forceinline__ void chunk(const uint4& q, int c, float* w) {
+        int8x4_to_f32(c == 0 ? q.x : q.z, w);
+        int8x4_to_f32(c == 0 ? q.y : q.w, w + 4);
+    }
+    /// (acc * scb) * (1/127), rounded as bitsandbytes' f32 dequantization (and the previous kernel).
+    __device__ static __forceinline__ float finish(float acc, const float* scb, int n) {
+        return __fmul_rn(acc * scb[n], INV_127);
+    }
+};
+
+/// acc[r][t] += x[t, k of the words] . weights of q[u][r] for the U words from w0 (stride `step`).
+template <class W, int MAXT, int R, int U>
+__device__ __forceinline__ void dot_words(float (&acc)[R][MAXT], const uint4 (&q)[U][R], const bf16* __restrict__ x,
+                                          int K, int T, int w0, int step, int words) {
+    constexpr int CHUNKS = W::PER_WORD / 8;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int w = w0 + u * step;
+        if (w >= words) break;
+#pragma unroll
+        for (int c = 0; c < CHUNKS; c++) {
+            const int k = w * W::PER_WORD + c * 8;
+            float xf[MAXT][8];
+#pragma unroll
+            for (int t = 0; t < MAXT; t++)
+                if (t < T) unpack8_bf16(__ldg(reinterpret_cast<const uint4*>(x + (i64)t * K + k)), xf[t]);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float wv[8];
+                W::chunk(q[u][r], c, wv);
+#pragma unroll
+                for (int t = 0; t < MAXT; t++)
+                    if (t < T)
+#pragma unroll
+                        for (int e = 0; e < 8; e++) acc[r][t] = fmaf(wv[e], xf[t][e], acc[r][t]);
+            }
+        }
+    }
+}
+
+/// Load U words of each of the R rows from word w0 on (stride `step` words); zeros past the row
+/// or for rows at or past `rows_end` (r >= valid).
+template <int R, int U>
+__device__ __forceinline__ void load_words(uint4 (&q)[U][R], const u8* row0, i64 row_bytes, int valid, int w0,
+                                           int step, int words) {
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const int w = w0 + u * step;
+            q[u][r] = (w < words && r < valid) ? ld_weights(row0 + r * row_bytes + (i64)w * 16) : make_uint4(0, 0, 0, 0);
+        }
+}
+
+/// Sum the block's warps' acc (R rows x T) and store rows row0 + r < row_end; `buf` alternates
+/// between groups so one barrier per group suffices. Every thread of the block must call it.
+template <class W, int MAXT, int R, int WARPS>
+__device__ __forceinline__ void finish_group(float (&acc)[R][MAXT], float (&partial)[WARPS][R * MAXT], int row0,
+                                             int row_end, const float* __restrict__ scb, int N, int T,
+                                             const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < MAXT; t++) {
+            const float v = warp_sum(acc[r][t]);
+            if (lane == 0) partial[warp][r * MAXT + t] = v;
+            acc[r][t] = 0.f;
+        }
+    __syncthreads();
+    const int i = threadIdx.x, r = i / MAXT, t = i % MAXT, n = row0 + r;
+    if (i < R * MAXT && t < T && n < row_end) {
+        float s = 0.f;
+#pragma unroll
+        for (int j = 0; j < WARPS; j++) s += partial[j][i];
+        const float bv = bias != nullptr ? bf2f(bias[n]) : 0.f;
+        store_epilogue(out, (i64)t * N + n, W::finish(s, scb, n) + bv, epi);
+    }
+}
+
+/// See the file comment. Block = WARPS warps; steps = (row groups of R) x (K chunks of U words a lane).
+template <class W, int MAXT, int R, int U, int WARPS>
+__device__ __forceinline__ void gemv_body(const bf16* __restrict__ x, const u8* __restrict__ w,
+                                          const float* __restrict__ scb, int N, int K, int T,
+                                          const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
+    __shared__ float partial[2][WARPS][R * MAXT];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int words = K / W::PER_WORD;
+    const i64 row_bytes = (i64)words * 16;
+    const int row_begin = (int)((i64)N * blockIdx.x / gridDim.x);
+    const int row_end = (int)((i64)N * (blockIdx.x + 1) / gridDim.x);
+    const int stride = 32 * WARPS;                           // words between a lane's words of a row
+    const int chunks = (words + stride * U - 1) / (stride * U);  // steps per row group
+    const int steps = (row_end - row_begin + R - 1) / R * chunks; // block-uniform
+    const int first = warp * 32 + lane;
+
+    float acc[R][MAXT];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < MAXT; t++) acc[r][t] = 0.f;
+    uint4 q[U][R];
+    int g_row = row_begin, c = 0;  // the current step: row group and K chunk
+    if (steps > 0) load_words<R, U>(q, w + g_row * row_bytes, row_bytes, row_end - g_row, first, stride, words);
+    for (int s = 0; s < steps; s++) {
+        const int n_row = c + 1 < chunks ? g_row : g_row + R, n_c = c + 1 < chunks ? c + 1 : 0;
+        uint4 next[U][R];
+        if (s + 1 < steps)
+            load_words<R, U>(next, w + n_row * row_bytes, row_bytes, row_end - n_row, first + n_c * U * stride, stride, words);
+        dot_words<W, MAXT, R, U>(acc, q, x, K, T, first + c * U * stride, stride, words);
+        if (c + 1 == chunks) finish_group<W, MAXT, R, WARPS>(acc, partial[(s / chunks) & 1], g_row, row_end, scb, N, T, bias, epi, out);
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++) q[u][r] = next[u][r];
+        g_row = n_row;
+        c = n_c;
+    }
+}
+
+// ---- Tensor-core variant (mma.sync m16n8k16, bf16 in, f32 accumulate): T <= 8 is the MMA's N. ----
+// Rows: the block's rows in G = ceil(rows / 16) groups of at most 16 (sizes balanced to one row);
+// lane (g = lane / 4, c = lane % 4) holds rows g and g + 8 of the group as the A operand and x row
+// t = g as the B operand (zeros for t >= T). K is permuted inside each k-block so that one 16-byte
+// load per row and lane feeds the MMAs directly: lane c's word of a 4-word k-block holds the
+// fragment elements of k' = 2c, 2c+1, 2c+8, 2c+9 of each MMA (the same permutation for x).
+
+/// d (16x8 f32) += a (16x16 bf16, row) * b (16x8 bf16, col).
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ u32 word_at(const uint4& q, int i) { return i == 0 ? q.x : i == 1 ? q.y : i == 2 ? q.z : q.w; }
+
+/// Four int8 (one u32) as two exact bf16 pairs (lo: bytes 0, 1; hi: bytes 2, 3): with m = b & 0x7F
+/// and s = b & 0x80, b = bf16(0x4300 | m) (= 128 + m) + bf16(0xC300 | s) (= -128 or -256), one
+/// bf16x2 add whose exact result is representable.
+__device__ __forceinline__ void int8x4_to_bf16x2(u32 w, u32& lo, u32& hi) {
+    const u32 m = w & 0x7F7F7F7Fu, s = w & 0x80808080u;
+    const u32 m01 = __byte_perm(m, 0x43434343u, 0x5140), m23 = __byte_perm(m, 0x43434343u, 0x5342);
+    const u32 s01 = __byte_perm(s, 0xC3C3C3C3u, 0x5140), s23 = __byte_perm(s, 0xC3C3C3C3u, 0x5342);
+    __nv_bfloat162 a = __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&m01), *reinterpret_cast<const __nv_bfloat162*>(&s01));
+    __nv_bfloat162 b = __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&m23), *reinterpret_cast<const __nv_bfloat162*>(&s23));
+    lo = *reinterpret_cast<u32*>(&a);
+    hi = *reinterpret_cast<u32*>(&b);
+}
+
+/// The MMAs of one k-block for a lane: its words of rows g (qg) and g + 8 (qh), and x row g (xw).
+template <class W>
+__device__ __forceinline__ void mma_words(float (&d)[4], const uint4& qg, const uint4& qh, const uint4 (&xw)[W::PER_WORD / 8]);
+
+template <>
+__device__ __forceinline__ void mma_words<WeightsInt8>(float (&d)[4], const uint4& qg, const uint4& qh, const uint4 (&xw)[2]) {
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        u32 g01, g23, h01, h23;
+        int8x4_to_bf16x2(word_at(qg, j), g01, g23);
+        int8x4_to_bf16x2(word_at(qh, j), h01, h23);
+        mma_bf16_16816(d, g01, h01, g23, h23, word_at(xw[j / 2], 2 * (j % 2)), word_at(xw[j / 2], 2 * (j % 2) + 1));
+    }
+}
+
+/// Row groups whose MMA sums wait in shared memory for one barrier and one parallel finish.
+#define GEMV8_MMA_BATCH 4
+
+/// See the comment above. Block = WARPS warps splitting K (k-block i of a row goes to warp i mod WARPS);
+/// steps = (row groups) x (K chunks of U k-blocks a warp), two register buffers in turn.
+template <class W, int U, int WARPS>
+__device__ __forceinline__ void gemv_mma_body(const bf16* __restrict__ x, const u8* __restrict__ w,
+                                              const float* __restrict__ scb, int N, int K, int T,
+                                              const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
+    constexpr int NX = W::PER_WORD / 8;  // x words per weight word
+    __shared__ float4 partial[2][GEMV8_MMA_BATCH][WARPS][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+    const int words = K / W::PER_WORD;  // 16-byte words a row
+    const int kblocks = words / 4;      // (the host checks words % 4 == 0)
+    const i64 row_bytes = (i64)words * 16;
+    const int begin = (int)((i64)N * blockIdx.x / gridDim.x), end = (int)((i64)N * (blockIdx.x + 1) / gridDim.x);
+    const int rows = end - begin, groups = (rows + 15) / 16;
+    const int chunks = (kblocks + U * WARPS - 1) / (U * WARPS);
+    const int steps = groups * chunks;
+    auto group_row = [&](int j) { return begin + (int)((i64)rows * j / groups); };
+
+    float d[4] = {0.f, 0.f, 0.f, 0.f};
+    int u_group = 0, u_c = 0;  // the step being used
+    // The step being loaded: its group's first row and size, its K chunk, the lane's row pointers.
+    int l_group = 0, l_c = 0, l_r0 = begin, l_size = groups > 0 ? group_row(1) - begin : 0;
+    const u8* pg = w + (i64)(begin + g) * row_bytes;
+    // Words of rows past the group or k-blocks past the row are not loaded: the buffer keeps older
+    // values (or the zeros below), which only reach outputs that are never stored or MMAs skipped.
+    auto load = [&](uint4 (&qg)[U], uint4 (&qh)[U]) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int kb = warp + (l_c * U + u) * WARPS;
+            const int off = (kb * 4 + c) * 16;
+            if (kb < kblocks && g < l_size) qg[u] = ld_weights(pg + off);
+            if (kb < kblocks && g + 8 < l_size) qh[u] = ld_weights(pg + 8 * row_bytes + off);
+        }
+        if (++l_c == chunks) {
+            l_c = 0;
+            l_group++;
+            l_r0 += l_size;
+            l_size = group_row(l_group + 1) - l_r0;
+            pg = w + (i64)(l_r0 + g) * row_bytes;
+        }
+    };
+    auto use = [&](const uint4 (&qg)[U], const uint4 (&qh)[U]) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int kb = warp + (u_c * U + u) * WARPS;
+            if (kb >= kblocks) break;
+            uint4 xw[NX];
+            const bf16* xp = x + (i64)g * K + (i64)(kb * 4 + c) * W::PER_WORD;
+#pragma unroll
+            for (int i = 0; i < NX; i++) xw[i] = g < T ? __ldg(reinterpret_cast<const uint4*>(xp) + i) : make_uint4(0, 0, 0, 0);
+            mma_words<W>(d, qg[u], qh[u], xw);
+        }
+        if (++u_c < chunks) return;
+        // The group is done: its warps' sums meet in shared memory, finished GEMV8_MMA_BATCH groups at a time.
+        u_c = 0;
+        const int slot = u_group % GEMV8_MMA_BATCH, parity = (u_group / GEMV8_MMA_BATCH) & 1;
+        partial[parity][slot][warp][lane] = make_float4(d[0], d[1], d[2], d[3]);
+        d[0] = d[1] = d[2] = d[3] = 0.f;
+        const int first = u_group - slot;
+        u_group++;
+        if (slot + 1 < GEMV8_MMA_BATCH && u_group < groups) return;
+        __syncthreads();
+        for (int i = threadIdx.x; i < (slot + 1) * 128; i += WARPS * 32) {
+            const int j = i / 128, v = i % 128, l = v / 4, e = v % 4;
+            const int t = 2 * (l & 3) + (e & 1);
+            const int r0 = group_row(first + j), size = group_row(first + j + 1) - r0;
+            const int r = (l >> 2) + 8 * (e >> 1);
+            if (t < T && r < size) {
+                float s = 0.f;
+#pragma unroll
+                for (int k = 0; k < WARPS; k++) s += reinterpret_cast<const float*>(&partial[parity][j][k][l])[e];
+                const int n = r0 + r;
+                const float bv = bias != nullptr ? bf2f(bias[n]) : 0.f;
+                store_epilogue(out, (i64)t * N + n, W::finish(s, scb, n) + bv, epi);
+            }
+        }
+    };
+    uint4 ag[U], ah[U], bg[U], bh[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) ag[u] = ah[u] = bg[u] = bh[u] = make_uint4(0, 0, 0, 0);
+    if (steps > 0) load(ag, ah);
+    for (int s = 0; s < steps; s += 2) {
+        if (s + 1 < steps) load(bg, bh);
+        use(ag, ah);
+        if (s + 1 >= steps) break;
+        if (s + 2 < steps) load(ag, ah);
+        use(bg, bh);
+    }
+}
+
+#ifndef GEMV8_LAB  // examples/lab_gemv8.rs compiles the helpers above with its own instantiations
+
+// The production configuration (chosen in examples/lab_gemv8.rs, see NOTES.md): warps per block
+// and blocks per SM (linear.rs mirrors both: its grid is min(GEMV8_BLOCKS_PER_SM * SMs, ceil(N / 4))
+// for gemv_body, ceil(N / 16) for gemv_mma_body), rows per group R and words per row per step U.
+#define GEMV8_WARPS 8
+#define GEMV8_BLOCKS_PER_SM 2
+
+#define GEMV8_KERNEL(NAME, WTYPE, MAXT, R, U)                                                                    \
+    extern "C" __global__ void __launch_bounds__(GEMV8_WARPS * 32, GEMV8_BLOCKS_PER_SM)                          \
+        NAME(const bf16* x, const u8* w, const float* scb, int N, int K, int T, const bf16* bias, int epi,          \
+             bf16* out) {                                                                                          \
+        gemv_body<WTYPE, MAXT, R, U, GEMV8_WARPS>(x, w, scb, N, K, T, bias, epi, out);                             \
+    }
+
+GEMV8_KERNEL(gemv_bf16_t1, WeightsBf16, 1, 4, 2)
+GEMV8_KERNEL(gemv_int8w_bf16_t1, WeightsInt8, 1, 8, 1)
+// For K % 64 != 0 only (otherwise T >= 2 takes gemv_mma_int8w_bf16).
+GEMV8_KERNEL(gemv_int8w_bf16_t2, WeightsInt8, 2, 4, 2)
+GEMV8_KERNEL(gemv_int8w_bf16_t4, WeightsInt8, 4, 2, 2)
+GEMV8_KERNEL(gemv_int8w_bf16_t8, WeightsInt8, 8, 2, 2)
+
+extern "C" __global__ void __launch_bounds__(GEMV8_WARPS * 32, GEMV8_BLOCKS_PER_SM)
+    gemv_mma_int8w_bf16(const bf16* x, const u8* w, const float* scb, int N, int K, int T, const bf16* bias, int epi,
+                        bf16* out) {
+    gemv_mma_body<WeightsInt8, 2, GEMV8_WARPS>(x, w, scb, N, K, T, bias, epi, out);
+}
+#endif

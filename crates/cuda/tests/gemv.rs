@@ -1,0 +1,102 @@
+//! The decode linears of kernels/gemv8.cu against the CPU oracle (`peregrine_cpu`, whose quantized
+//! linears are `peregrine_quant`'s bitsandbytes matmul): every T in 1..=8 (bf16: the GEMV at T = 1,
+//! cuBLAS from 2; LLM.int8 weight-only: the CUDA-core GEMV at T = 1, the tensor-core one from 2, the
+//! CUDA-core tN kernels when K % 64 != 0), every epilogue, with and without bias, over shape classes
+//! that exercise the kernels' edges: N not a multiple of the row groups, fewer rows than one per
+//! block, K not a multiple of a block's K stride (lanes with no word; no tensor-core k-block), long
+//! K (several chunks per row group), and N large enough that blocks own many row groups. Skips
+//! visibly without a CUDA driver.
+
+mod common;
+
+use common::*;
+use peregrine_core::{Backend, Epilogue, LinearWeight, QuantKind};
+use peregrine_quant::QuantOptions;
+
+/// (label, N, K): the shape classes.
+const SHAPES: [(&str, usize, usize); 5] = [
+    ("tiny N < one group", 3, 64),
+    ("odd N, K with idle lanes", 257, 528),
+    ("K = several chunks a group", 130, 8192),
+    ("many groups a block", 2100, 256),
+    ("square 1024", 1024, 1024),
+];
+
+/// The epilogue and bias used for activation row count `t` (all combinations appear over 1..=8).
+fn epilogue_for(t: usize) -> (Epilogue, bool) {
+    let epi = [Epilogue::Store, Epilogue::Gelu, Epilogue::Accumulate][t % 3];
+    (epi, t % 2 == 1)
+}
+
+/// The weight of `kind` for (n, k): bf16 Dense, or int8 without threshold (weight-only).
+fn weight(rng: &mut Rng, kind: QuantKind, n: usize, k: usize) -> LinearWeight {
+    let w = bf16_tensor(n, k, &rng.bf16_vec(n * k, 0.05));
+    match kind {
+        QuantKind::Bf16 => LinearWeight::Dense(w),
+        _ => peregrine_quant::quantize_linear(&w, kind, &QuantOptions { int8_threshold: None, ..QuantOptions::default() }).expect("quantize"),
+    }
+}
+
+fn gemv_matches_cpu(kind: QuantKind, seed: u64) {
+    let test = format!("gemv_{kind}_matches_cpu");
+    let Some(gpu) = cuda(&test) else { return };
+    let cpu = cpu();
+    let mut rng = Rng::new(seed);
+    for (label, n, k) in SHAPES {
+        let lw = weight(&mut rng, kind, n, k);
+        let (gw, cw) = (gpu.load_linear(lw.clone()).unwrap(), cpu.load_linear(lw.clone()).unwrap());
+        assert_eq!(gpu.linear_bytes(&gw), lw.stored_bytes(), "{label}: resident bytes differ from the format's");
+        let bias = rng.bf16_vec(n, 0.1);
+        let (gb, cb) = (gpu.upload(&bias).unwrap(), cpu.upload(&bias).unwrap());
+        for t in 1..=peregrine_cuda::linear::GEMV_MAX_ROWS {
+            let (epi, with_bias) = epilogue_for(t);
+            let x = rng.bf16_vec(t * k, 1.0);
+            // Accumulate adds onto what out holds; the other epilogues must overwrite the NaNs.
+            let start = if epi == Epilogue::Accumulate { rng.bf16_vec(t * n, 1.0) } else { vec![f32::NAN; t * n] };
+            let mut go = gpu.upload(&start).unwrap();
+            gpu.linear_fused(&gpu.upload(&x).unwrap(), t, &gw, with_bias.then_some(&gb), epi, &mut go).unwrap();
+            let mut co = cpu.upload(&start).unwrap();
+            cpu.linear_fused(&cpu.upload(&x).unwrap(), t, &cw, with_bias.then_some(&cb), epi, &mut co).unwrap();
+            let name = format!("gemv {kind} {label} ({n}x{k}) T={t} {epi:?} bias={with_bias}");
+            check(&name, &gpu.download(&go, 0, t * n).unwrap(), &co[..t * n], TOL_BF16);
+        }
+    }
+}
+
+#[test]
+fn gemv_bf16_matches_cpu() {
+    gemv_matches_cpu(QuantKind::Bf16, 60);
+}
+
+#[test]
+fn gemv_int8_weight_only_matches_cpu() {
+    gemv_matches_cpu(QuantKind::Int8, 61);
+}
+
+/// Every byte value decodes exactly: a weight row holding each of the 256 int8 codes, with x = 1
+/// in one column at a time, returns code * scb / 127 for that column.
+#[test]
+fn gemv_int8_decodes_every_byte() {
+    let Some(gpu) = cuda("gemv_int8_decodes_every_byte") else { return };
+    let (n, k) = (4, 256);
+    let cb: Vec<i8> = (0..n * k).map(|i| (i % 256) as u8 as i8).collect();
+    let scb = vec![127.0f32, 63.5, 254.0, 1.0];
+    let lw = LinearWeight::Int8(peregrine_core::Int8Weight { rows: n, cols: k, cb: cb.clone(), scb: scb.clone(), threshold: None });
+    let gw = gpu.load_linear(lw).unwrap();
+    let rows = 8;
+    let mut x = vec![0f32; rows * k];
+    let cols = [0usize, 127, 128, 255, 1, 200, 129, 77];
+    for (t, &c) in cols.iter().enumerate() {
+        x[t * k + c] = 1.0;
+    }
+    let mut go = poisoned(&gpu, rows * n);
+    gpu.linear(&gpu.upload(&x).unwrap(), rows, &gw, None, &mut go).unwrap();
+    let got = gpu.download(&go, 0, rows * n).unwrap();
+    for (t, &c) in cols.iter().enumerate() {
+        for r in 0..n {
+            let code = cb[r * k + c] as f32;
+            let want = round_bf16((code * scb[r]) * (1.0f32 / 127.0));
+            assert_eq!(got[t * n + r], want, "row {r}, column {c} (code {code}): got {}", got[t * n + r]);
+        }
+    }
+}
