@@ -23,6 +23,8 @@
 //   on Hopper, which capped the previous kernel near 2 TB/s): flip its sign bit (b + 128, one LOP
 //   per 4 bytes), place it under the exponent of 2^23 with one PRMT (the float 2^23 + b + 128) and
 //   subtract 2^23 + 128 with one FADD: exact for every byte.
+// Launched as programmatic dependents (Grid::with_pdl): each block issues its first weight loads
+//   before PDL_WAIT, so they overlap the end of the previous kernel.
 // Assumptions (checked on the host): K % 8 (bf16) or K % 16 (int8) == 0, x and w 16-byte aligned,
 //   T <= MAXT of the instantiation; any grid is correct (more blocks than resident only lose the
 //   single wave).
@@ -164,6 +166,10 @@ __device__ __forceinline__ void gemv_body(const bf16* __restrict__ x, const u8* 
     uint4 q[U][R];
     int g_row = row_begin, c = 0;  // the current step: row group and K chunk
     if (steps > 0) load_words<R, U>(q, w + g_row * row_bytes, row_bytes, row_end - g_row, first, stride, words);
+    // Programmatic dependent launch: the first weights are in flight before waiting for the
+    // kernel that writes x (and, for Accumulate, out).
+    PDL_WAIT();
+    PDL_TRIGGER();
     for (int s = 0; s < steps; s++) {
         const int n_row = c + 1 < chunks ? g_row : g_row + R, n_c = c + 1 < chunks ? c + 1 : 0;
         uint4 next[U][R];
@@ -309,6 +315,8 @@ __device__ __forceinline__ void gemv_mma_body(const bf16* __restrict__ x, const 
 #pragma unroll
     for (int u = 0; u < U; u++) ag[u] = ah[u] = bg[u] = bh[u] = make_uint4(0, 0, 0, 0);
     if (steps > 0) load(ag, ah);
+    PDL_WAIT();  // weights in flight; x and out come from earlier kernels
+    PDL_TRIGGER();
     for (int s = 0; s < steps; s += 2) {
         if (s + 1 < steps) load(bg, bh);
         use(ag, ah);
