@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # One device call that checks a build on the GPU machine: unpack the bundle made by
 # scripts/make_device_bundle.sh, lay out ../shared where the test binaries look for it, then run
-# the sections named in $SECTIONS (default: all but hfppl), in this order:
+# the sections named in $SECTIONS (default: tests generate ppl bench), in this order:
 #   tests     the GPU test binaries ($TESTS, default all) against the CPU oracle
 #   generate  the CLI on the tiny model, Falcon-40B in every format (decode graphs on and off),
 #             a sampled 40B run and Falcon-180B nf4, all with synthetic weights
-#   prefill   a 2,048-token Falcon-40B bf16 prefill (issue 6's prefill target)
+#   prefill   a cold 2,048-token Falcon-40B bf16 prefill through `generate` (the bench measures it warm)
+#   ppl       `peregrine ppl` of the tiny model on the GPU (bf16 compute), one format per run
 #   hfppl     transformers (+ bitsandbytes) perplexity of the tiny model (scripts/hf_ppl_reference.py)
-#   bench     the transformers + bitsandbytes baseline ($BASELINE_KINDS), then `peregrine bench`
+#   bench     the transformers + bitsandbytes baseline ($BASELINE_KINDS), then `peregrine bench` with a
+#             warm 2,048-token prefill per format
 # Everything is logged to $OUT/log.txt; the bench report comes back as $OUT/bench.tgz.
 set -uo pipefail
-SECTIONS=${SECTIONS:-tests generate prefill bench}
+SECTIONS=${SECTIONS:-tests generate ppl bench}
 has() { [[ " $SECTIONS " == *" $1 "* ]]; }
 B=$PWD/.carry/bundle
 mkdir -p "$B" && tar -xJf .carry/bundle.tar.xz -C "$B"
@@ -48,6 +50,12 @@ if has prefill; then
   IDS=$(python3 -c "print(','.join(str(100 + (i * 7919) % 60000) for i in range(2048)))")
   for r in 1 2; do step peregrine generate --device cuda --dummy-weights --model falcon-40b --quant bf16 --prompt-ids "$IDS" --max-new-tokens 1 --ignore-eos --json; done
 fi
+if has ppl; then
+  TEXT=/work/shared/assets/text/tinymix-valid.txt
+  for q in bf16 int8 nf4 fp4 "int8 --int8-threshold 6"; do
+    step peregrine ppl --device cuda --model $TINY --file $TEXT --ctx 256 --chunks 400 --quant $q --json
+  done
+fi
 if has hfppl; then
   (cd /tmp/site && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 timeout 400 python3 /work/main/scripts/hf_ppl_reference.py $TINY /work/shared/assets/text/tinymix-valid.txt) 2>&1 | grep -v Warning | tee -a "$LOG" | grep "hf ppl"
 fi
@@ -62,7 +70,7 @@ if has bench; then
     done
     BASE="--baseline $OUT/baseline.log"
   fi
-  LIMIT=280 step peregrine bench --device cuda --out "$OUT/bench" $BASE
+  LIMIT=280 step peregrine bench --device cuda --prefill-tokens 2048 --out "$OUT/bench" $BASE
   tar -czf "$OUT/bench.tgz" -C "$OUT" bench && rm -rf "$OUT/bench"
 fi
-grep -E "^(===|---)|test result|rel err|SKIPPED|tok/s|decode_tokens_per_s|total_s|hf ppl|agree" "$LOG" | tail -100
+grep -E "^(===|---)|test result|rel err|SKIPPED|tok/s|decode_tokens_per_s|total_s|hf ppl|agree|perplexity" "$LOG" | tail -100
