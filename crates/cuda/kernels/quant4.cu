@@ -1,21 +1,45 @@
-// quant4.cu: bitsandbytes NF4 / FP4 weights (the row-major flattened (N, K) weight in blocks of
-// `blocksize` elements, two codes per byte, first element in the high nibble, one scale per block:
-// plain f32 or double-quantized, see absmax_at in prelude.cuh). Weight = code[nibble] * scale in
-// f32, rounded to bf16 where it is stored (as bitsandbytes' dequantize_4bit does).
+// quant4.cu: bitsandbytes NF4 / FP4 weights on the device: dequantization (prefill chunks,
+// embeddings), the repack into tensor-core tiles done at load, and the decode GEMV for T <= 8.
+// Weight = code[nibble] * scale; the scale is plain f32 or double-quantized (see scale_at).
+//
+// Two layouts of the same packed bytes:
+//   bnb: the row-major flattened (N, K) weight, two codes a byte (first element in the high nibble),
+//     one scale per `blocksize` elements, as bitsandbytes stores it. Kept only for shapes the tiles
+//     do not fit (N % 16, K % 64, or a blocksize that is not a power-of-two multiple of 64).
+//   tiles: the bytes permuted so that one warp's mma.sync A operand of a 16-row x 64-k tile is 512
+//     contiguous bytes. Tile (r, j) (rows 16r.., k 64j..) starts at byte (r * KB + j) * 512, KB = K/64.
+//     Lane l = 4g + t owns bytes 16l..16l+15, which interleave the 8 bnb bytes of row 16r+g at
+//     k = 64j+16t.. (even bytes) with the 8 bnb bytes of row 16r+g+8 at the same k (odd bytes).
+//     Word s of a lane's 16 bytes is then exactly its A fragment a0..a3 (rows g, g+8, g, g+8) of
+//     k-step s, one packed byte per bf16x2 register, once the k order inside a tile is permuted
+//     alike for A and B: k-step s of lane (g, t) multiplies k = 64j+16t+4s..+3, so its B fragment
+//     (token g) is words 2s, 2s+1 of x[g][64j+16t..+15] (two 16-byte loads).
+//     At blocksize 64 the scales are tiled too (absmax_q bytes or plain f32): element
+//     (r * KB + j) * 16 + 2g + h is the scale of row 16r+g+8h, block j, so a lane's two scales are
+//     adjacent. Nested absmax (per 256 blocks, flat block order) and the code books are unchanged.
 // Kernels:
-//   dequant4_bf16(packed, absmax.., code (16), blocksize, K, row_ids, row0, nrows, out (nrows, K))
-//     out row i = weight row (row_ids ? row_ids[i] : row0 + i). Thread per packed byte (2 outputs),
-//     grid-stride. Used for prefill (dequantize a chunk of rows, then cuBLAS) and for embeddings.
-//   dequant4w_bf16(same arguments): the same for K % 32 == 0 and blocksize % 32 == 0: thread per
-//     16-byte word (32 weights, one scale), four 16-byte stores.
-//   gemv4_bf16_t{1,2,4,8}(x (T, K), packed, absmax.., code, blocksize, N, K, T, bias, out (T, N))
-//     Fused dequantize-and-multiply for T <= 1/2/4/8 rows. A warp owns 4 consecutive weight rows
-//     (8 warps, 32 rows per block); lane l streams 16-byte words l, l+32, .. of those rows, two
-//     words per row in flight (32 weights a word, one scale a word since blocksize >= 32),
-//     decodes in registers and multiplies by 16-byte loads of x reused for the 4 rows.
-//     f32 accumulation, warp-sum, bias added in f32, one bf16 rounding.
-// Assumptions: K even (dequant4); K % 32 == 0, blocksize % 32 == 0, T <= 8 (gemv4, checked on the host).
+//   dequant4_bf16 / dequant4w_bf16 (bnb layout) and dequant4t_bf16 (tiles):
+//     (packed, absmax.., code (16), blocksize, [tiled_scales,] K, row_ids, row0, nrows, out (nrows, K))
+//     out row i = weight row (row_ids ? row_ids[i] : row0 + i) as bf16(code * scale), bitsandbytes'
+//     values exactly. Grid-stride; used for prefill (dequantize a chunk, then cuBLAS) and embeddings.
+//   repack4_tiles(bnb, tiles, N, K, dir), repack4_scales_{u8,f32}(flat, tiled, N, KB, dir):
+//     bnb -> tiles (dir 0) or back (dir 1); thread per 16 tile bytes / per scale.
+//   gemv4t_{fast,tiled,flat}_{dq,plain}_t{1,8}(x (T, K), tiles, absmax.., nested_shift, nested_jshift,
+//     offset, code, bshift, N, K, T, bias, epi, out (T, N)): the tensor-core GEMV (gemv4t_body);
+//     fast: tiled scales + hoisted nested index, tiled: nested index per block, flat: blocksize > 64;
+//     gemv4t_fast_{dq,plain}_t1_w4: the same with 4-warp blocks (see linear/four_bit.rs TilePlan).
+//   gemv4_rows_bf16(x, packed (bnb), absmax.., code, blocksize, N, K, T, bias, epi, out): a plain
+//     warp-per-row GEMV for the bnb layout (odd shapes only: slow, but allocation-free like the rest).
 #include "prelude.cuh"
+
+/// The scale of a 4-bit block whose scale sits at `pos` (tiled or flat) and whose flat block index
+/// is `blk` (the nested absmax is indexed by it). `plain` non-null: f32 scales. Otherwise double
+/// quantization, rounded as bitsandbytes' dequantize_blockwise then `+= offset` (see absmax_at).
+__device__ __forceinline__ float scale_at(const float* plain, const u8* q, const float* code2, const float* nested,
+                                          int nested_blocksize, float offset, i64 pos, i64 blk) {
+    if (plain != nullptr) return plain[pos];
+    return __fadd_rn(__fmul_rn(code2[q[pos]], nested[blk / nested_blocksize]), offset);
+}
 
 extern "C" __global__ void dequant4_bf16(const u8* __restrict__ packed, const float* __restrict__ absmax,
                                          const u8* __restrict__ absmax_q, const float* __restrict__ absmax_code,
@@ -41,8 +65,8 @@ extern "C" __global__ void dequant4_bf16(const u8* __restrict__ packed, const fl
     }
 }
 
-// Fast dequantization when every row starts on a 16-byte word: thread per word (32 weights, one
-// scale), 16-byte load, four 16-byte stores.
+// Fast dequantization of the bnb layout when every row starts on a 16-byte word: thread per word
+// (32 weights, one scale), 16-byte load, four 16-byte stores.
 extern "C" __global__ void dequant4w_bf16(const u8* __restrict__ packed, const float* __restrict__ absmax,
                                           const u8* __restrict__ absmax_q, const float* __restrict__ absmax_code,
                                           const float* __restrict__ nested, int nested_blocksize, float offset,
@@ -76,114 +100,545 @@ extern "C" __global__ void dequant4w_bf16(const u8* __restrict__ packed, const f
     }
 }
 
-// GEMV: each warp owns GEMV_ROWS consecutive weight rows and streams them together, so the
-// activation words it loads are reused GEMV_ROWS times from registers; each lane keeps
-// GEMV_UNROLL words per row (16 bytes each) in flight. (Measured on an H200: a variant decoding
-// bytes through a 256-entry shared table of code pairs, 4 words in flight, ran 1.4x slower at
-// T=1, likely from bank conflicts on the 8-byte table and 127 registers; see NOTES.md.) The double-quant code book sits in shared
-// memory so a scale costs one byte load plus an L1-resident nested absmax.
-#define GEMV_ROWS 4
-#define GEMV_WARPS 8
-#define GEMV_UNROLL 2
-
-__device__ __forceinline__ float absmax_lut(const float* plain, const u8* q, const float* lut2, const float* nested,
-                                            int nested_blocksize, float offset, i64 i) {
-    if (plain != nullptr) return __ldg(plain + i);
-    return __fadd_rn(__fmul_rn(lut2[__ldg(q + i)], __ldg(nested + i / nested_blocksize)), offset);
-}
-
-template <int MAXT>
-__device__ __forceinline__ void gemv4_body(const bf16* __restrict__ x, const u8* __restrict__ packed,
-                                           const float* __restrict__ absmax, const u8* __restrict__ absmax_q,
-                                           const float* __restrict__ absmax_code, const float* __restrict__ nested,
-                                           int nested_blocksize, float offset, const float* __restrict__ code,
-                                           int blocksize, int N, int K, int T, const bf16* __restrict__ bias,
-                                           int epi, bf16* __restrict__ out) {
+// Dequantization of the tiles layout: thread per (output row, 64-k block, t): the 16 weights of
+// the row at k = 64j+16t.. are the even (row g) or odd (row g+8) bytes of lane 4g+t's 16 bytes.
+extern "C" __global__ void dequant4t_bf16(const uint4* __restrict__ tiles, const float* __restrict__ absmax,
+                                          const u8* __restrict__ absmax_q, const float* __restrict__ absmax_code,
+                                          const float* __restrict__ nested, int nested_blocksize, float offset,
+                                          const float* __restrict__ code, int blocksize, int tiled_scales, int K,
+                                          const u32* __restrict__ row_ids, i64 row0, i64 nrows, bf16* __restrict__ out) {
     __shared__ float lut[16];
-    __shared__ float lut2[256];
     if (threadIdx.x < 16) lut[threadIdx.x] = code[threadIdx.x];
-    if (absmax_code != nullptr)
-        for (int i = threadIdx.x; i < 256; i += blockDim.x) lut2[i] = absmax_code[i];
     __syncthreads();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int n0 = (blockIdx.x * GEMV_WARPS + warp) * GEMV_ROWS;
-    if (n0 >= N) return;
-    const int words = K / 32;
-    float acc[GEMV_ROWS][MAXT];
+    const int KB = K >> 6;
+    const i64 total = nrows * KB * 4;
+    for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
+        const int t = (int)(idx & 3);
+        const i64 rest = idx >> 2;
+        const int j = (int)(rest % KB);
+        const i64 i = rest / KB;
+        const i64 n = row_ids ? (i64)row_ids[i] : row0 + i;
+        const i64 r = n >> 4;
+        const int g = (int)(n & 7), h = (int)((n >> 3) & 1);
+        const uint4 v = __ldg(tiles + (r * KB + j) * 32 + 4 * g + t);
+        const u32 sel = h ? 0x7531u : 0x6420u;  // the odd or the even bytes, in order
+        const u32 rb[2] = {__byte_perm(v.x, v.y, sel), __byte_perm(v.z, v.w, sel)};
+        const i64 blk = (n * K + 64 * j) / blocksize;
+        const i64 pos = tiled_scales ? (r * KB + j) * 16 + 2 * g + h : blk;
+        const float a = scale_at(absmax, absmax_q, absmax_code, nested, nested_blocksize, offset, pos, blk);
+        __nv_bfloat162 o[8];
 #pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++)
-#pragma unroll
-        for (int t = 0; t < MAXT; t++) acc[r][t] = 0.f;
-
-    for (int w0 = lane; w0 < words; w0 += 32 * GEMV_UNROLL) {
-        uint4 q[GEMV_UNROLL][GEMV_ROWS];
-        float a[GEMV_UNROLL][GEMV_ROWS];
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            const int w = w0 + 32 * u;
-#pragma unroll
-            for (int r = 0; r < GEMV_ROWS; r++) {
-                const int n = n0 + r;
-                const bool ok = (w < words) && (n < N);
-                const i64 f = (i64)n * K + (i64)w * 32;
-                q[u][r] = ok ? __ldg(reinterpret_cast<const uint4*>(packed + (f >> 1))) : make_uint4(0, 0, 0, 0);
-                a[u][r] = ok ? absmax_lut(absmax, absmax_q, lut2, nested, nested_blocksize, offset, f / blocksize) : 0.f;
-            }
+        for (int b = 0; b < 8; b++) {
+            const u32 byte = (rb[b >> 2] >> (8 * (b & 3))) & 0xFF;
+            o[b].x = f2bf(lut[byte >> 4] * a);
+            o[b].y = f2bf(lut[byte & 15] * a);
         }
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            const int w = w0 + 32 * u;
-            if (w >= words) break;
-#pragma unroll
-            for (int part = 0; part < 4; part++) {
-                const int k = w * 32 + part * 8;
-                float xf[MAXT][8];
-#pragma unroll
-                for (int t = 0; t < MAXT; t++)
-                    if (t < T) unpack8_bf16(__ldg(reinterpret_cast<const uint4*>(x + (i64)t * K + k)), xf[t]);
-#pragma unroll
-                for (int r = 0; r < GEMV_ROWS; r++) {
-                    const u32 word = part == 0 ? q[u][r].x : part == 1 ? q[u][r].y : part == 2 ? q[u][r].z : q[u][r].w;
-                    float wv[8];
-#pragma unroll
-                    for (int b = 0; b < 4; b++) {
-                        const u32 byte = (word >> (8 * b)) & 0xFF;
-                        wv[2 * b] = lut[byte >> 4] * a[u][r];
-                        wv[2 * b + 1] = lut[byte & 15] * a[u][r];
-                    }
-#pragma unroll
-                    for (int t = 0; t < MAXT; t++)
-                        if (t < T)
-#pragma unroll
-                            for (int e = 0; e < 8; e++) acc[r][t] += wv[e] * xf[t][e];
-                }
-            }
-        }
+        uint4* dst = reinterpret_cast<uint4*>(out + i * K + 64 * j + 16 * t);
+        dst[0] = *reinterpret_cast<uint4*>(&o[0]);
+        dst[1] = *reinterpret_cast<uint4*>(&o[4]);
     }
-#pragma unroll
-    for (int r = 0; r < GEMV_ROWS; r++) {
-        const int n = n0 + r;
-        const float bv = (bias != nullptr && n < N) ? bf2f(bias[n]) : 0.f;
-#pragma unroll
-        for (int t = 0; t < MAXT; t++) {
-            if (t < T) {
-                const float s = warp_sum(acc[r][t]);
-                if (lane == 0 && n < N) store_epilogue(out, (i64)t * N + n, s + bv, epi);
-            }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Repack between the bnb and the tiles layout (see the file comment). Thread per (tile, lane).
+extern "C" __global__ void repack4_tiles(u8* __restrict__ bnb, u8* __restrict__ tiles, int N, int K, int dir) {
+    const int KB = K >> 6;
+    const i64 total = (i64)(N >> 4) * KB * 32;
+    for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
+        const int l = (int)(idx & 31), g = l >> 2, t = l & 3;
+        const i64 tj = idx >> 5, r = tj / KB;
+        const int j = (int)(tj % KB);
+        const i64 src_g = ((16 * r + g) * K + 64 * j + 16 * t) >> 1;  // 8 bytes of row g
+        const i64 src_h = src_g + 4 * (i64)K;                          // 8 bytes of row g + 8
+        uint2* pg = reinterpret_cast<uint2*>(bnb + src_g);
+        uint2* ph = reinterpret_cast<uint2*>(bnb + src_h);
+        uint4* pt = reinterpret_cast<uint4*>(tiles + idx * 16);
+        if (dir == 0) {
+            const uint2 a = *pg, b = *ph;
+            *pt = make_uint4(__byte_perm(a.x, b.x, 0x5140), __byte_perm(a.x, b.x, 0x7362), __byte_perm(a.y, b.y, 0x5140),
+                             __byte_perm(a.y, b.y, 0x7362));
+        } else {
+            const uint4 v = *pt;
+            *pg = make_uint2(__byte_perm(v.x, v.y, 0x6420), __byte_perm(v.z, v.w, 0x6420));
+            *ph = make_uint2(__byte_perm(v.x, v.y, 0x7531), __byte_perm(v.z, v.w, 0x7531));
         }
     }
 }
 
-#define GEMV4_KERNEL(MAXT)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv4_bf16_t##MAXT(                           \
-        const bf16* x, const u8* packed, const float* absmax, const u8* absmax_q, const float* absmax_code,    \
-        const float* nested, int nested_blocksize, float offset, const float* code, int blocksize, int N, int K, \
-        int T, const bf16* bias, int epi, bf16* out) {                                                                \
-        gemv4_body<MAXT>(x, packed, absmax, absmax_q, absmax_code, nested, nested_blocksize, offset, code,     \
-                         blocksize, N, K, T, bias, epi, out);                                                       \
+template <typename E>
+__device__ __forceinline__ void repack_scales(E* __restrict__ flat, E* __restrict__ tiled, int N, int KB, int dir) {
+    const i64 total = (i64)N * KB;
+    for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
+        const int m2 = (int)(idx & 15);  // 2g + h
+        const i64 tj = idx >> 4, r = tj / KB;
+        const int j = (int)(tj % KB);
+        const i64 n = 16 * r + (m2 >> 1) + 8 * (m2 & 1);
+        const i64 src = n * KB + j;
+        if (dir == 0) tiled[idx] = flat[src];
+        else flat[src] = tiled[idx];
+    }
+}
+
+extern "C" __global__ void repack4_scales_u8(u8* flat, u8* tiled, int N, int KB, int dir) { repack_scales(flat, tiled, N, KB, dir); }
+extern "C" __global__ void repack4_scales_f32(float* flat, float* tiled, int N, int KB, int dir) { repack_scales(flat, tiled, N, KB, dir); }
+
+// ------------------------------------------------------------------------------------------------
+// The tensor-core GEMV on the tiles layout.
+// Block = W warps owning RT consecutive row tiles (a "group"); the block walks groups blockIdx.x,
+// + gridDim.x, ... (the host sizes the grid so every block gets the same number of groups and all
+// blocks are resident: one wave). Inside a group the W warps split K: warp w takes k-blocks
+// j = w + W*(U*step + u), U k-blocks x RT tiles (16-byte loads) per step. Register double buffering:
+// the next step's loads (also across groups) are issued once the current step's data and x have
+// arrived and before the current step is decoded; an opaque zero multiplied by the current data
+// makes ptxas order it so (otherwise it put both stages on one scoreboard and the decode waited for
+// the prefetch: measured, see NOTES.md).
+// Per tile: 16 bytes -> 16 shared-memory lookups of a bf16x2 code pair -> 4 mma.sync m16n8k16
+// from zero (B = x^T, tokens >= T zero); the tiles of a step are interleaved (no branches: tiles past
+// N or K are zero-filled), then acc += frag * scale(row): the 64-k tile is one scale block at
+// blocksize 64. The decode table is replicated per lane ([byte][lane]: every lane reads its own
+// bank, no conflicts): 32 KB (+ 1 KB double-quant code2) by default; L64: 64 KB, row e = 32 lanes'
+// code pair of byte e then 32 lanes' code2[e], so a lookup address is ONE PRMT (the byte placed over
+// lane * 4, + 128 for code2).
+// After the group, warps' fragments meet in shared memory and thread (row, token) adds them in
+// warp order, adds bias and applies the epilogue (one bf16 rounding).
+// Scales: TS (blocksize 64, tiled scales): a lane's two scales are one 4-byte (or 8-byte) load. NH:
+// the nested absmax of row n at block j is nested[((n*KB) >> nested_shift) + (j >> nested_jshift)]
+// (exact when KB % nbs == 0, jshift = log2 nbs, or nbs % KB == 0, jshift 31), reloaded with the
+// stage only when that changes; else loaded per block with the stage. Flat scales (TS false): any
+// power-of-two blocksize multiple of 64 (bshift = log2(blocksize / 64)), scales indexed per block.
+// Rounding: codes are rounded to bf16 (the mma operand), products and sums are f32 and the scale
+// multiplies the f32 partial sum: bitsandbytes rounds code * absmax to bf16 instead, so results
+// differ from its by rounding only (relative ~2^-9 per weight, far less on a dot product).
+#define T4_LUT64_BYTES 65536
+#define T4_LUT32_BYTES (32768 + 1024)
+
+/// 16-byte load of weights: read-only path, not kept in L1 (each byte is read once).
+__device__ __forceinline__ uint4 t4_ld_weights(const uint4* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ u32 t4_pack_pair(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo = the lower k
+    return *reinterpret_cast<u32*>(&v);
+}
+
+template <bool L64>
+__device__ __forceinline__ void t4_fill_lut(u8* smem, const float* __restrict__ code, const float* __restrict__ code2) {
+    uint4* d = reinterpret_cast<uint4*>(smem);
+    if (L64) {
+        for (int idx = threadIdx.x; idx < 4096; idx += blockDim.x) {  // 16 uint4 per 256-byte row
+            const int e = idx >> 4, part = idx & 15;
+            u32 v = 0;
+            if (part < 8) v = t4_pack_pair(__ldg(code + (e >> 4)), __ldg(code + (e & 15)));
+            else if (code2 != nullptr) v = __float_as_uint(__ldg(code2 + e));
+            d[idx] = make_uint4(v, v, v, v);
+        }
+    } else {
+        for (int idx = threadIdx.x; idx < 2048; idx += blockDim.x) {  // 8 uint4 per 128-byte row
+            const int e = idx >> 3;
+            const u32 v = t4_pack_pair(__ldg(code + (e >> 4)), __ldg(code + (e & 15)));
+            d[idx] = make_uint4(v, v, v, v);
+        }
+        float* c2 = reinterpret_cast<float*>(smem + 32768);
+        for (int e = threadIdx.x; e < 256; e += blockDim.x) c2[e] = code2 != nullptr ? __ldg(code2 + e) : 0.f;
+    }
+}
+
+/// The 32-bit shared-window address of dynamic shared memory: computed once, kept in a uniform
+/// register, so a table lookup is LDS [offset + UR] with the offset from one PRMT.
+__device__ __forceinline__ u32 t4_smem_base(const void* p) {
+    u32 base;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(base) : "l"(p));
+    return base;
+}
+
+/// A 4-byte shared-memory load (volatile: never moved above the barrier that publishes the table).
+__device__ __forceinline__ u32 t4_lds(u32 addr) {
+    u32 v;
+    asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(addr));
+    return v;
+}
+
+/// The bf16x2 code pair of byte I of `word`, from this lane's copy of the table.
+template <bool L64, int I>
+__device__ __forceinline__ u32 t4_pair(u32 sbase, u32 word, u32 lane4) {
+    u32 off;
+    if (L64) off = __byte_perm(word, lane4, 0x5504u | (I << 4));  // byte I << 8 | lane * 4
+    else off = (((word >> (8 * I)) & 0xFFu) << 7) | lane4;
+    return t4_lds(sbase + off);
+}
+
+/// code2[byte H of q2] (the double-quant code of one of a lane's two rows).
+template <bool L64, int H>
+__device__ __forceinline__ float t4_code2(u32 sbase, u32 q2, u32 lane4) {
+    if (L64) return __uint_as_float(t4_lds(sbase + __byte_perm(q2, lane4 + 128u, 0x5504u | (H << 4))));
+    return __uint_as_float(t4_lds(sbase + 32768u + ((q2 >> (8 * H)) & 0xFFu) * 4u));
+}
+
+/// code2[byte `b` of q] (b a run-time byte index, lane-dependent for tiled double quant).
+template <bool L64>
+__device__ __forceinline__ float t4_code2_at(u32 sbase, u32 q, u32 b, u32 lane4) {
+    if (L64) return __uint_as_float(t4_lds(sbase + __byte_perm(q, lane4 + 128u, 0x5504u | (b << 4))));
+    return __uint_as_float(t4_lds(sbase + 32768u + ((q >> (8 * b)) & 0xFFu) * 4u));
+}
+
+__device__ __forceinline__ void t4_mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/// One step's loads (v5 register pipeline): NT = U * RT tiles, each 16 weight bytes and the raw
+/// scales of the lane's two rows: tiled double quant: the u32 holding both code bytes (s0); tiled
+/// plain: the two f32 (s0, s1); flat scales (TS false): the two code bytes or f32 (s0, s1) and, double
+/// quantized, the two nested absmax (n0, n1); hoisted nested absmax: the lane's rows' values (nv).
+template <int NT, int RT>
+struct T4Stage {
+    uint4 a[NT];
+    u32 s0[NT], s1[NT];
+    float n0[NT], n1[NT];
+    float nv[RT][2];
+};
+
+/// The tile GEMV. W warps, RT row tiles a group, U k-blocks a warp step, MAXT tokens; DQ double
+/// quantization; TS tiled scales (blocksize 64); NH nested index hoisted (see the header); L64 the
+/// 64 KB PRMT table (else 32 KB). Register double buffering: the next step's loads are issued after
+/// the current step's data and x have arrived and before they are decoded.
+template <int W, int RT, int U, int MAXT, bool DQ, bool TS, bool NH, bool L64>
+__device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const uint4* __restrict__ tiles,
+                                            const float* __restrict__ absmax, const u8* __restrict__ absmax_q,
+                                            const float* __restrict__ absmax_code, const float* __restrict__ nested,
+                                            int nested_shift, int nested_jshift, float offset,
+                                            const float* __restrict__ code, int bshift, int N, int K, int T,
+                                            const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
+    constexpr int NT = U * RT;
+    constexpr int NC = MAXT == 1 ? 2 : 4;  // fragment values kept per tile: (row g, row g+8) x tokens 2t(, 2t+1)
+    constexpr int LUT_BYTES = L64 ? T4_LUT64_BYTES : T4_LUT32_BYTES;
+    constexpr int JSTEP = W * U;  // k-blocks a warp advances per step
+    extern __shared__ __align__(16) u8 t4_smem[];
+    float* red = reinterpret_cast<float*>(t4_smem + LUT_BYTES);  // [W][RT][NC][32]
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const u32 lane4 = (u32)lane * 4, sbase = t4_smem_base(t4_smem);
+    const int KB = K >> 6, tiles_n = N >> 4, groups = (tiles_n + RT - 1) / RT;
+    const int S = (KB + JSTEP - 1) / JSTEP;  // steps per group, the same for every warp
+    const int my_groups = (int)blockIdx.x < groups ? (groups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    const int total = my_groups * S;
+    // 0 at run time (T <= 8, checked on the host) but opaque to the compiler. Multiplied by words of
+    // the current step it makes the next step's addresses depend on them, so ptxas retires the current
+    // loads (and x) before issuing the next ones, and the decode never waits on the next step's
+    // scoreboard (without it every load shared one scoreboard and the prefetch was waited for at once).
+    const u32 opaque_zero = (u32)T >> 16;
+    // Tiled double quant: the lane's two code bytes are bytes qb, qb + 1 of the u32 it loads.
+    const u32 qb = 2 * (g & 1);
+
+    // Load cursor: group lg, step ls; tpl[rt] / spl[rt] point at tile (lg*RT + rt, k-block warp + JSTEP*ls)
+    // (this lane's 16 bytes) and at its scales. Advanced just before each load (not after), so the
+    // advance carries the dependency on the step being decoded.
+    int lg = blockIdx.x, ls = 0;
+    const uint4* tpl[RT];
+    const u8* spl[RT];
+    auto set_load_ptrs = [&](u32 dep) {
+#pragma unroll
+        for (int rt = 0; rt < RT; rt++) {
+            const i64 tile = (i64)(lg * RT + rt) * KB + warp + dep;
+            tpl[rt] = tiles + tile * 32 + lane;
+            spl[rt] = DQ ? absmax_q + tile * 16 + 4 * (g >> 1) : reinterpret_cast<const u8*>(absmax + tile * 16 + 2 * g);
+        }
+    };
+    auto advance_load = [&](u32 dep) {
+        if (++ls == S) {
+            ls = 0;
+            lg += gridDim.x;
+            set_load_ptrs(dep);
+        } else {
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) {
+                tpl[rt] += JSTEP * 32 + dep;
+                spl[rt] += JSTEP * 16 * (DQ ? 1 : 4) + dep;
+            }
+        }
+    };
+    auto load_one = [&](T4Stage<NT, RT>& st, int u, int rt, u32 dep) {
+        const int e = u * RT + rt;
+        st.a[e] = t4_ld_weights(tpl[rt] + u * W * 32);
+        st.s1[e] = 0;
+        st.n0[e] = st.n1[e] = 0.f;
+        if (TS) {
+            if (DQ) st.s0[e] = __ldg(reinterpret_cast<const u32*>(spl[rt] + u * W * 16));
+            else {
+                const float2 p = __ldg(reinterpret_cast<const float2*>(spl[rt]) + u * W * 8);
+                st.s0[e] = __float_as_uint(p.x);
+                st.s1[e] = __float_as_uint(p.y);
+            }
+        } else {  // flat scales, blocks of 64 << bshift
+            const i64 n = (i64)(lg * RT + rt) * 16 + g;
+            const int j = warp + JSTEP * ls + W * u;
+            const i64 bg = ((n * KB + j) >> bshift) + dep, bh = (((n + 8) * KB + j) >> bshift) + dep;
+            if (DQ) {
+                st.s0[e] = __ldg(absmax_q + bg);
+                st.s1[e] = __ldg(absmax_q + bh);
+                st.n0[e] = __ldg(nested + (bg >> nested_shift));
+                st.n1[e] = __ldg(nested + (bh >> nested_shift));
+            } else {
+                st.s0[e] = __float_as_uint(__ldg(absmax + bg));
+                st.s1[e] = __float_as_uint(__ldg(absmax + bh));
+            }
+        }
+        if (DQ && TS && !NH) {  // tiled scales, nested index per block
+            const i64 n = (i64)(lg * RT + rt) * 16 + g;
+            const int j = warp + JSTEP * ls + W * u;
+            st.n0[e] = __ldg(nested + ((n * KB + j + dep) >> nested_shift));
+            st.n1[e] = __ldg(nested + (((n + 8) * KB + j + dep) >> nested_shift));
+        }
+    };
+    auto zero_one = [&](T4Stage<NT, RT>& st, int e) {
+        st.a[e] = make_uint4(0, 0, 0, 0);
+        st.s0[e] = st.s1[e] = 0;
+        st.n0[e] = st.n1[e] = 0.f;
+    };
+    // Hoisted nested absmax: reloaded with the stage whose (group, segment) differs from the last.
+    int nv_grp = -1, nv_jp = -1;
+    auto load = [&](T4Stage<NT, RT>& st, const T4Stage<NT, RT>& prev, u32 dep) {
+        const int j0 = warp + JSTEP * ls;
+        if (DQ && TS && NH) {
+            const int jp = j0 >> nested_jshift;  // a step never crosses a segment (host)
+            if (jp != nv_jp || lg != nv_grp) {  // warp-uniform, rare
+                nv_jp = jp;
+                nv_grp = lg;
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const i64 n = (i64)(lg * RT + rt) * 16 + g + 8 * h;
+                        st.nv[rt][h] = n < N ? __ldg(nested + ((n * KB) >> nested_shift) + jp + dep) : 0.f;
+                    }
+            } else {
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++) st.nv[rt][0] = prev.nv[rt][0], st.nv[rt][1] = prev.nv[rt][1];
+            }
+        }
+        if (j0 + W * (U - 1) < KB && lg * RT + RT <= tiles_n) {  // the whole step in range (warp-uniform)
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++) load_one(st, u, rt, dep);
+        } else {
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++) {
+                    if (j0 + W * u < KB && lg * RT + rt < tiles_n) load_one(st, u, rt, dep);
+                    else zero_one(st, u * RT + rt);
+                }
+        }
+    };
+
+    float acc[RT][NC];
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+        for (int c = 0; c < NC; c++) acc[rt][c] = 0.f;
+
+    // Compute cursor: group cg, step cs; xp = this lane's x (token g) at k-block warp + JSTEP*cs.
+    int cg = blockIdx.x, cs = 0;
+    const bf16* xp0 = x + (i64)g * K + 64 * warp + 16 * t;
+    const bf16* xp = xp0;
+
+    // x of the current step: token g's 16 values at k 64j+16t.. (B fragments), zero past K or T.
+    auto load_x = [&](u32 (&xw)[U][8]) {
+        const int j0 = warp + JSTEP * cs;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (g < T && j0 + W * u < KB) {
+                const uint4* p = reinterpret_cast<const uint4*>(xp + 64 * W * u);
+                const uint4 v0 = __ldg(p), v1 = __ldg(p + 1);
+                xw[u][0] = v0.x; xw[u][1] = v0.y; xw[u][2] = v0.z; xw[u][3] = v0.w;
+                xw[u][4] = v1.x; xw[u][5] = v1.y; xw[u][6] = v1.z; xw[u][7] = v1.w;
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) xw[u][i] = 0u;
+            }
+        }
+    };
+
+    // Decode and multiply one step: all tiles' lookups and mma chains interleaved (no branches), then
+    // the scales. Tiles past N or K were zero-filled, so they add 0.
+    auto compute = [&](const T4Stage<NT, RT>& st, const u32 (&xw)[U][8]) {
+        float c[NT][4];
+#pragma unroll
+        for (int e = 0; e < NT; e++) c[e][0] = c[e][1] = c[e][2] = c[e][3] = 0.f;
+#pragma unroll
+        for (int s = 0; s < 4; s++)
+#pragma unroll
+            for (int e = 0; e < NT; e++) {
+                const u32 w = s == 0 ? st.a[e].x : s == 1 ? st.a[e].y : s == 2 ? st.a[e].z : st.a[e].w;
+                const int u = e / RT;
+                t4_mma(c[e], t4_pair<L64, 0>(sbase, w, lane4), t4_pair<L64, 1>(sbase, w, lane4), t4_pair<L64, 2>(sbase, w, lane4),
+                       t4_pair<L64, 3>(sbase, w, lane4), xw[u][2 * s], xw[u][2 * s + 1]);
+            }
+#pragma unroll
+        for (int e = 0; e < NT; e++) {
+            const int rt = e % RT;
+            float sg, sh;
+            if (DQ) {
+                const float ng = (TS && NH) ? st.nv[rt][0] : st.n0[e], nh = (TS && NH) ? st.nv[rt][1] : st.n1[e];
+                const float cg2 = TS ? t4_code2_at<L64>(sbase, st.s0[e], qb, lane4) : t4_code2_at<L64>(sbase, st.s0[e], 0, lane4);
+                const float ch2 = TS ? t4_code2_at<L64>(sbase, st.s0[e], qb + 1, lane4) : t4_code2_at<L64>(sbase, st.s1[e], 0, lane4);
+                sg = __fadd_rn(__fmul_rn(cg2, ng), offset);
+                sh = __fadd_rn(__fmul_rn(ch2, nh), offset);
+            } else {
+                sg = __uint_as_float(st.s0[e]);
+                sh = __uint_as_float(st.s1[e]);
+            }
+            if (MAXT == 1) {
+                acc[rt][0] = fmaf(c[e][0], sg, acc[rt][0]);
+                acc[rt][1] = fmaf(c[e][2], sh, acc[rt][1]);
+            } else {
+                acc[rt][0] = fmaf(c[e][0], sg, acc[rt][0]);
+                acc[rt][1] = fmaf(c[e][1], sg, acc[rt][1]);
+                acc[rt][2] = fmaf(c[e][2], sh, acc[rt][2]);
+                acc[rt][3] = fmaf(c[e][3], sh, acc[rt][3]);
+            }
+        }
+    };
+
+    // Block-uniform: every thread reaches both barriers.
+    auto reduce = [&](int grp) {
+#pragma unroll
+        for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                red[((warp * RT + rt) * NC + c) * 32 + lane] = acc[rt][c];
+                acc[rt][c] = 0.f;
+            }
+        __syncthreads();
+        const int per_tile = 16 * T;
+        for (int o = threadIdx.x; o < RT * per_tile; o += blockDim.x) {
+            const int rt = o / per_tile, rem = o - rt * per_tile, tok = rem >> 4, m = rem & 15;
+            const int src_lane = (m & 7) * 4 + (tok >> 1);
+            const int c = MAXT == 1 ? (m >> 3) : (m >> 3) * 2 + (tok & 1);
+            float sum = 0.f;
+#pragma unroll
+            for (int w = 0; w < W; w++) sum += red[((w * RT + rt) * NC + c) * 32 + src_lane];
+            const int n = (grp * RT + rt) * 16 + m;
+            if (n < N) store_epilogue(out, (i64)tok * N + n, sum + (bias != nullptr ? bf2f(bias[n]) : 0.f), epi);
+        }
+        __syncthreads();
+    };
+
+    auto advance_compute = [&]() {
+        if (++cs == S) {
+            reduce(cg);
+            cs = 0;
+            cg += gridDim.x;
+            xp = xp0;
+        } else {
+            xp += 64 * JSTEP;
+        }
+    };
+
+    set_load_ptrs(0);
+    T4Stage<NT, RT> sa, sb;
+    load(sa, sb, 0);  // in flight while the table is filled
+    t4_fill_lut<L64>(t4_smem, code, DQ ? absmax_code : nullptr);
+    __syncthreads();
+    auto run = [&](T4Stage<NT, RT>& cur, T4Stage<NT, RT>& nxt, int it) {
+        u32 xw[U][8];
+        load_x(xw);
+        // Unconditional (past the last step it loads nothing: zeros), so the wait it implies is on
+        // every path and the decode below finds the current data and x retired.
+        // One word of every load of the current step (ptxas may spread them over scoreboards).
+        u32 mix = 0;
+#pragma unroll
+        for (int e = 0; e < NT; e++) {
+            mix ^= cur.a[e].x ^ cur.s0[e];
+            if (!TS) mix ^= cur.s1[e];
+            if (!TS || (DQ && !NH)) mix ^= __float_as_uint(cur.n0[e]) ^ __float_as_uint(cur.n1[e]);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) mix ^= xw[u][0] ^ xw[u][4];
+        if (DQ && TS && NH)
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) mix ^= __float_as_uint(cur.nv[rt][0]) ^ __float_as_uint(cur.nv[rt][1]);
+        const u32 dep = mix * opaque_zero;
+        advance_load(dep);
+        load(nxt, cur, dep);
+        compute(cur, xw);
+        advance_compute();
+    };
+    for (int it = 0; it < total; it += 2) {
+        run(sa, sb, it);
+        if (it + 1 < total) run(sb, sa, it + 1);
+    }
+}
+
+#define T4_ARGS                                                                                                     \
+    const bf16 *x, const uint4 *tiles, const float *absmax, const u8 *absmax_q, const float *absmax_code,            \
+        const float *nested, int nested_shift, int nested_jshift, float offset, const float *code, int bshift, int N, \
+        int K, int T, const bf16 *bias, int epi, bf16 *out
+#define T4_PASS x, tiles, absmax, absmax_q, absmax_code, nested, nested_shift, nested_jshift, offset, code, bshift, N, K, T, bias, epi, out
+
+// NAME, warps, row tiles per group, k-blocks per step, max tokens, double quant, tiled scales, nested
+// index hoisted, 64 KB table, blocks per SM the registers must allow.
+#define GEMV4T_KERNEL(NAME, W, RT, U, MAXT, DQ, TS, NH, L64, BPS)                                          \
+    extern "C" __global__ void __launch_bounds__(W * 32, BPS) NAME(T4_ARGS) {                              \
+        gemv4t_body<W, RT, U, MAXT, DQ, TS, NH, L64>(T4_PASS);                                            \
     }
 
-GEMV4_KERNEL(1)
-GEMV4_KERNEL(2)
-GEMV4_KERNEL(4)
-GEMV4_KERNEL(8)
+// Production configuration (crates/cuda/src/linear/four_bit.rs mirrors it: GEMV4T_* constants).
+// fast: tiled scales, nested hoisted; tiled: tiled scales, nested per block; flat: blocksize > 64.
+#define G4_W 8
+#define G4_RT 2
+#define G4_U 2
+#define G4_L64 false
+#define G4_BPS 2
+#define G4_KERNELS(MAXT)                                                                                   \
+    GEMV4T_KERNEL(gemv4t_fast_dq_t##MAXT, G4_W, G4_RT, G4_U, MAXT, true, true, true, G4_L64, G4_BPS)       \
+    GEMV4T_KERNEL(gemv4t_tiled_dq_t##MAXT, G4_W, G4_RT, G4_U, MAXT, true, true, false, G4_L64, G4_BPS)     \
+    GEMV4T_KERNEL(gemv4t_flat_dq_t##MAXT, G4_W, G4_RT, G4_U, MAXT, true, false, false, G4_L64, G4_BPS)     \
+    GEMV4T_KERNEL(gemv4t_fast_plain_t##MAXT, G4_W, G4_RT, G4_U, MAXT, false, true, true, G4_L64, G4_BPS)   \
+    GEMV4T_KERNEL(gemv4t_flat_plain_t##MAXT, G4_W, G4_RT, G4_U, MAXT, false, false, true, G4_L64, G4_BPS)
+G4_KERNELS(1)
+G4_KERNELS(8)
+// Small blocks (4 warps, 4 per SM) for shapes whose row-tile groups just exceed the 8-warp kernels'
+// resident blocks (qkv 9216 rows: 288 groups, 264 slots), so every group still gets a block.
+GEMV4T_KERNEL(gemv4t_fast_dq_t1_w4, 4, G4_RT, G4_U, 1, true, true, true, G4_L64, 4)
+GEMV4T_KERNEL(gemv4t_fast_plain_t1_w4, 4, G4_RT, G4_U, 1, false, true, true, G4_L64, 4)
+
+// ------------------------------------------------------------------------------------------------
+// The bnb-layout fallback GEMV: one warp per weight row (8 per block), lanes stride over its packed
+// bytes, scale per element pair (absmax_at), f32 accumulation per token, warp sum, one bf16 rounding.
+extern "C" __global__ void __launch_bounds__(256) gemv4_rows_bf16(
+    const bf16* __restrict__ x, const u8* __restrict__ packed, const float* __restrict__ absmax,
+    const u8* __restrict__ absmax_q, const float* __restrict__ absmax_code, const float* __restrict__ nested,
+    int nested_blocksize, float offset, const float* __restrict__ code, int blocksize, int N, int K, int T,
+    const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
+    __shared__ float lut[16];
+    if (threadIdx.x < 16) lut[threadIdx.x] = code[threadIdx.x];
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const i64 n = (i64)blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (n >= N) return;
+    float acc[8];
+#pragma unroll
+    for (int t = 0; t < 8; t++) acc[t] = 0.f;
+    for (int p = lane; p < K / 2; p += 32) {
+        const i64 f = n * K + 2 * p;
+        const u8 b = packed[f >> 1];
+        const float a = absmax_at(absmax, absmax_q, absmax_code, nested, nested_blocksize, offset, f / blocksize);
+        const float w0 = lut[b >> 4] * a, w1 = lut[b & 15] * a;
+#pragma unroll
+        for (int t = 0; t < 8; t++)
+            if (t < T) acc[t] += w0 * bf2f(x[(i64)t * K + 2 * p]) + w1 * bf2f(x[(i64)t * K + 2 * p + 1]);
+    }
+    const float bv = bias != nullptr ? bf2f(bias[n]) : 0.f;
+#pragma unroll
+    for (int t = 0; t < 8; t++) {
+        if (t < T) {
+            const float s = warp_sum(acc[t]);
+            if (lane == 0) store_epilogue(out, (i64)t * N + n, s + bv, epi);
+        }
+    }
+}

@@ -1,9 +1,11 @@
-//! Linear layers on the device: dense bf16, LLM.int8 and bitsandbytes NF4/FP4, kept in their
-//! stored layout (no repacking: every dequantized value is bitsandbytes' by construction).
+//! Linear layers on the device: dense bf16, LLM.int8 and bitsandbytes NF4/FP4. Dense and int8 keep
+//! their stored layout; NF4/FP4 are repacked at load into tensor-core tiles of the same bytes
+//! (`four_bit`: loading, dequantization, the decode GEMV), and every dequantized value is still
+//! bitsandbytes' by construction.
 //!
 //! Dispatch (`matmul`): decode GEMVs that stream the weights once: dense at T = 1 and LLM.int8
 //! weight-only at T <= 8 (kernels/gemv8.cu: CUDA cores at T = 1, tensor cores at T = 2..8), NF4/FP4
-//! at T <= 8 (fused dequantize-and-multiply, kernels/quant4.cu); dense with more rows goes to
+//! at T <= 8 (tensor cores on the repacked tiles, kernels/quant4.cu via `four_bit`); dense with more rows goes to
 //! cuBLAS (faster than the GEMVs from T = 2, examples/lab_gemv8.rs); quantized weights with more rows
 //! (prefill) dequantize chunks of at most `DEQUANT_CHUNK_ELEMS` weights to bf16 and call cuBLAS,
 //! so the extra memory stays bounded (64 MiB) whatever the layer. LLM.int8 with a threshold runs
@@ -13,7 +15,7 @@
 //! Legend: N = output features, K = input features, T = rows of the activation.
 
 use half::bf16;
-use peregrine_core::{Absmax, DType, Epilogue, Error, FourBitFormat, FourBitWeight, Int8Weight, LinearWeight, Result};
+use peregrine_core::{DType, Epilogue, Error, Int8Weight, LinearWeight, Result};
 
 use crate::alloc::DeviceBuffer;
 use crate::device::{Args, Device, Grid};
@@ -23,40 +25,9 @@ pub const GEMV_MAX_ROWS: usize = 8;
 /// Weights dequantized per chunk on the prefill path (bf16: 64 MiB).
 pub const DEQUANT_CHUNK_ELEMS: usize = 32 << 20;
 
-/// Per-block scales of a 4-bit weight, on the device.
-pub enum DeviceAbsmax {
-    /// (blocks,) f32.
-    Plain(DeviceBuffer<f32>),
-    /// absmax[i] = code[q[i]] * nested[i / nested_blocksize] + offset.
-    Double {
-        /// (blocks,)
-        q: DeviceBuffer<u8>,
-        /// (256,)
-        code: DeviceBuffer<f32>,
-        /// (blocks / nested_blocksize rounded up,)
-        nested: DeviceBuffer<f32>,
-        nested_blocksize: usize,
-        offset: f32,
-    },
-}
+pub mod four_bit;
 
-impl DeviceAbsmax {
-    fn bytes(&self) -> usize {
-        match self {
-            DeviceAbsmax::Plain(a) => a.bytes(),
-            DeviceAbsmax::Double { q, code, nested, .. } => q.bytes() + code.bytes() + nested.bytes(),
-        }
-    }
-    /// The six kernel arguments: plain, q, code, nested, nested_blocksize, offset.
-    fn args(&self, a: Args) -> Args {
-        match self {
-            DeviceAbsmax::Plain(p) => a.ptr(p.ptr()).ptr(0).ptr(0).ptr(0).i32(1).f32(0.0),
-            DeviceAbsmax::Double { q, code, nested, nested_blocksize, offset } => {
-                a.ptr(0).ptr(q.ptr()).ptr(code.ptr()).ptr(nested.ptr()).i32(*nested_blocksize as i32).f32(*offset)
-            }
-        }
-    }
-}
+pub use four_bit::{DeviceAbsmax, FourBitLayout, FourBitLinear};
 
 /// A linear layer's weights on the device. (Variant sizes differ; a model holds a few hundred.)
 #[allow(clippy::large_enum_variant)]
@@ -65,26 +36,16 @@ pub enum CudaLinear {
     Dense { w: DeviceBuffer<bf16>, n: usize, k: usize },
     /// cb (N, K) int8, scb (N,) f32; weight = cb * scb / 127.
     Int8 { cb: DeviceBuffer<i8>, scb: DeviceBuffer<f32>, threshold: Option<f32>, n: usize, k: usize },
-    /// packed (N*K/2,) two codes a byte (high nibble first), scales per `blocksize` weights.
-    FourBit {
-        packed: DeviceBuffer<u8>,
-        absmax: DeviceAbsmax,
-        /// (16,)
-        code: DeviceBuffer<f32>,
-        blocksize: usize,
-        format: FourBitFormat,
-        /// The dtype that was quantized (kept for `to_host`; the kernels always produce bf16).
-        dtype: DType,
-        n: usize,
-        k: usize,
-    },
+    /// bitsandbytes NF4/FP4 (packed codes and scales, repacked into tiles where they fit).
+    FourBit(FourBitLinear),
 }
 
 impl CudaLinear {
     /// (N, K).
     pub fn dims(&self) -> (usize, usize) {
         match self {
-            CudaLinear::Dense { n, k, .. } | CudaLinear::Int8 { n, k, .. } | CudaLinear::FourBit { n, k, .. } => (*n, *k),
+            CudaLinear::Dense { n, k, .. } | CudaLinear::Int8 { n, k, .. } => (*n, *k),
+            CudaLinear::FourBit(w) => (w.n, w.k),
         }
     }
     /// Bytes resident on the device.
@@ -92,7 +53,7 @@ impl CudaLinear {
         match self {
             CudaLinear::Dense { w, .. } => w.bytes(),
             CudaLinear::Int8 { cb, scb, .. } => cb.bytes() + scb.bytes(),
-            CudaLinear::FourBit { packed, absmax, code, .. } => packed.bytes() + absmax.bytes() + code.bytes(),
+            CudaLinear::FourBit(w) => w.bytes(),
         }
     }
 }
@@ -119,7 +80,7 @@ pub fn load(dev: &Device, w: LinearWeight) -> Result<CudaLinear> {
             Ok(CudaLinear::Dense { w: dev.upload(&values)?, n, k })
         }
         LinearWeight::Int8(w) => load_int8(dev, w),
-        LinearWeight::FourBit(w) => load_four_bit(dev, w),
+        LinearWeight::FourBit(w) => Ok(CudaLinear::FourBit(FourBitLinear::load(dev, w)?)),
     }
 }
 
@@ -129,49 +90,6 @@ fn load_int8(dev: &Device, w: Int8Weight) -> Result<CudaLinear> {
         return Err(bad("int8 linear", format!("cb has {} values and scb {} for ({n}, {k})", w.cb.len(), w.scb.len())));
     }
     Ok(CudaLinear::Int8 { cb: dev.upload(&w.cb)?, scb: dev.upload(&w.scb)?, threshold: w.threshold.filter(|t| *t > 0.0), n, k })
-}
-
-fn load_four_bit(dev: &Device, w: FourBitWeight) -> Result<CudaLinear> {
-    let (n, k) = (w.rows, w.cols);
-    let what = format!("{} linear ({n}, {k})", w.format.as_str());
-    if k % 2 != 0 {
-        return Err(bad(&what, "an odd number of input features is not supported".into()));
-    }
-    if w.blocksize == 0 || w.blocksize % 2 != 0 {
-        return Err(bad(&what, format!("blocksize {} must be even and positive", w.blocksize)));
-    }
-    let blocks = (n * k).div_ceil(w.blocksize);
-    if w.packed.len() != n * k / 2 || w.code.len() != 16 || w.absmax.len() != blocks {
-        return Err(bad(
-            &what,
-            format!("packed {} bytes (want {}), code {} (want 16), absmax {} (want {blocks})", w.packed.len(), n * k / 2, w.code.len(), w.absmax.len()),
-        ));
-    }
-    let absmax = match w.absmax {
-        Absmax::Plain(v) => DeviceAbsmax::Plain(dev.upload(&v)?),
-        Absmax::Double { quantized, code, nested_absmax, nested_blocksize, offset } => {
-            if code.len() != 256 || nested_blocksize == 0 || nested_absmax.len() != blocks.div_ceil(nested_blocksize) {
-                return Err(bad(&what, format!("double-quant code {} (want 256), nested {} for {blocks} blocks of {nested_blocksize}", code.len(), nested_absmax.len())));
-            }
-            DeviceAbsmax::Double {
-                q: dev.upload(&quantized)?,
-                code: dev.upload(&code)?,
-                nested: dev.upload(&nested_absmax)?,
-                nested_blocksize,
-                offset,
-            }
-        }
-    };
-    Ok(CudaLinear::FourBit {
-        packed: dev.upload(&w.packed)?,
-        absmax,
-        code: dev.upload(&w.code)?,
-        blocksize: w.blocksize,
-        format: w.format,
-        dtype: w.dtype,
-        n,
-        k,
-    })
 }
 
 /// Write rows of the dequantized weight (bf16) into `out` (nrows, K): row i is weight row
@@ -196,14 +114,7 @@ pub unsafe fn dequantize_rows(dev: &Device, w: &CudaLinear, row_ids: Option<u64>
             let a = Args::new().ptr(cb.ptr()).ptr(scb.ptr()).i32(k as i32).opt(row_ids).i64(row0 as i64).i64(nrows as i64).ptr(out);
             dev.launch("int8", kernel, g, a)
         }
-        CudaLinear::FourBit { packed, absmax, code, blocksize, .. } => {
-            let words = k % 32 == 0 && blocksize % 32 == 0;
-            let (kernel, per_thread) = if words { ("dequant4w_bf16", 32) } else { ("dequant4_bf16", 2) };
-            let g = Grid::new((dev.blocks_for(nrows * k / per_thread, threads), 1, 1), threads);
-            let a = absmax.args(Args::new().ptr(packed.ptr()));
-            let a = a.ptr(code.ptr()).i32(*blocksize as i32).i32(k as i32).opt(row_ids).i64(row0 as i64).i64(nrows as i64).ptr(out);
-            dev.launch("quant4", kernel, g, a)
-        }
+        CudaLinear::FourBit(w) => w.dequantize_rows(dev, row_ids, row0, nrows, out),
     }
 }
 
@@ -226,11 +137,7 @@ pub unsafe fn matmul(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Op
             add_bias(dev, out, rows, n, bias)?;
             gelu_pass(dev, out, rows * n, epi)
         }
-        CudaLinear::FourBit { packed, absmax, code, blocksize, .. } if rows <= GEMV_MAX_ROWS && k % 32 == 0 && blocksize % 32 == 0 => {
-            let a = absmax.args(Args::new().ptr(x).ptr(packed.ptr()));
-            let a = a.ptr(code.ptr()).i32(*blocksize as i32).i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).i32(epi.code()).ptr(out);
-            dev.launch("quant4", gemv_kernel(["gemv4_bf16_t1", "gemv4_bf16_t2", "gemv4_bf16_t4", "gemv4_bf16_t8"], rows), gemv_grid(n), a)
-        }
+        CudaLinear::FourBit(w) if rows <= GEMV_MAX_ROWS && x % 16 == 0 => w.gemv(dev, x, rows, bias, epi, out),
         CudaLinear::Int8 { cb, scb, threshold: None, .. } if gemv8_fits(rows, GEMV_MAX_ROWS, k, 16, x) => {
             gemv8_int8w(dev, x, rows, cb.ptr(), scb.ptr(), n, k, bias, epi, out)
         }
@@ -267,7 +174,7 @@ const GEMV8_MMA_K: usize = 64;
 unsafe fn gemv8(dev: &Device, kernel: &'static str, rows_per_group: usize, x: u64, rows: usize, w: u64, scb: u64, n: usize, k: usize, bias: Option<u64>, epi: Epilogue, out: u64) -> Result<()> {
     let blocks = (GEMV8_BLOCKS_PER_SM * dev.sm_count as usize).min(n.div_ceil(rows_per_group)).max(1);
     let a = Args::new().ptr(x).ptr(w).ptr(scb).i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).i32(epi.code()).ptr(out);
-    dev.launch("gemv8", kernel, Grid::new((blocks as u32, 1, 1), GEMV8_WARPS * 32), a)
+    dev.launch("gemv8", kernel, Grid::new((blocks as u32, 1, 1), GEMV8_WARPS * 32).with_pdl(), a)
 }
 
 /// LLM.int8 weight-only through gemv8: T = 1 on CUDA cores, 2..8 on tensor cores when K allows.
@@ -388,27 +295,6 @@ pub fn to_host(dev: &Device, w: &CudaLinear) -> Result<LinearWeight> {
             scb: dev.download(scb, 0, scb.len())?,
             threshold: *threshold,
         })),
-        CudaLinear::FourBit { packed, absmax, code, blocksize, format, dtype, n, k } => {
-            let absmax = match absmax {
-                DeviceAbsmax::Plain(a) => Absmax::Plain(dev.download(a, 0, a.len())?),
-                DeviceAbsmax::Double { q, code, nested, nested_blocksize, offset } => Absmax::Double {
-                    quantized: dev.download(q, 0, q.len())?,
-                    code: dev.download(code, 0, code.len())?,
-                    nested_absmax: dev.download(nested, 0, nested.len())?,
-                    nested_blocksize: *nested_blocksize,
-                    offset: *offset,
-                },
-            };
-            Ok(LinearWeight::FourBit(FourBitWeight {
-                rows: *n,
-                cols: *k,
-                format: *format,
-                dtype: *dtype,
-                blocksize: *blocksize,
-                packed: dev.download(packed, 0, packed.len())?,
-                absmax,
-                code: dev.download(code, 0, code.len())?,
-            }))
-        }
+        CudaLinear::FourBit(w) => Ok(LinearWeight::FourBit(w.to_host(dev)?)),
     }
 }

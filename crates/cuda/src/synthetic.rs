@@ -3,14 +3,15 @@
 //! (value i of a tensor depends only on (seed, i)), rounded to bf16 like a bf16 checkpoint, then
 //! quantized on the device with bitsandbytes semantics (int8 row absmax; NF4/FP4 blockwise
 //! absmax with nearest-code rounding; optional double quantization of the 4-bit scales with the
-//! signed dynamic 8-bit map, blocks of 256, mean offset).
+//! signed dynamic 8-bit map, blocks of 256, mean offset). 4-bit weights are then repacked into the
+//! tensor-core tiles on the device, as loaded checkpoints are (`linear::four_bit`).
 
 use half::bf16;
 use peregrine_core::{DType, Error, FourBitFormat, QuantKind, Result};
 
 use crate::alloc::DeviceBuffer;
 use crate::device::{Args, Device, Grid};
-use crate::linear::{CudaLinear, DeviceAbsmax};
+use crate::linear::{CudaLinear, DeviceAbsmax, FourBitLinear};
 
 /// How quantized synthetic weights are stored (defaults: the shared bitsandbytes checkpoints').
 #[derive(Clone, Copy, Debug)]
@@ -85,7 +86,8 @@ fn random_four_bit(dev: &Device, format: FourBitFormat, n: usize, k: usize, std:
     // SAFETY: packed holds total/2 bytes, absmax `blocks` floats, code 16.
     unsafe { dev.launch("random", "random_quant4", g, a)? };
     let absmax = if opts.double_quant && blocks > 0 { double_quantize(dev, absmax, blocks)? } else { DeviceAbsmax::Plain(absmax) };
-    Ok(CudaLinear::FourBit { packed, absmax, code, blocksize: bs, format, dtype: DType::BF16, n, k })
+    // Made in bitsandbytes' layout, then repacked into tiles like a loaded checkpoint.
+    Ok(CudaLinear::FourBit(FourBitLinear::from_bnb(dev, packed, absmax, code, bs, format, DType::BF16, n, k)?))
 }
 
 /// Double-quantize f32 scales: subtract their mean, then 8-bit blockwise (256) with the dynamic map.

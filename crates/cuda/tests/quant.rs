@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use peregrine_core::{Backend, LinearWeight, QuantKind};
+use peregrine_core::{Backend, Epilogue, LinearWeight, QuantKind};
 use peregrine_cuda::{synthetic, SyntheticOptions};
 use peregrine_quant::QuantOptions;
 
@@ -155,4 +155,68 @@ fn malformed_quantized_weights_are_errors() {
     w.packed.pop();
     let err = gpu.load_linear(LinearWeight::FourBit(w)).err().expect("a short packed buffer must be rejected");
     println!("short packed buffer: {err}");
+}
+
+/// (label, N, K, kind, options): every 4-bit layout and GEMV kernel (kernels/quant4.cu):
+/// tiles with the fast kernel (nested absmax hoisted per row, or switching once per row),
+/// tiles with the generic kernel (blocks not matching the nested blocks, blocksize > 64),
+/// and the bitsandbytes layout kept for shapes the tiles do not fit.
+fn four_bit_cases() -> Vec<(&'static str, usize, usize, QuantKind, QuantOptions)> {
+    let dq = QuantOptions::default();
+    let plain = QuantOptions { double_quant: false, ..dq };
+    vec![
+        ("tiles fast, a row in one nested block, last group partial", 272, 512, QuantKind::Nf4, dq),
+        ("tiles fast, two nested blocks a row (K 32768)", 48, 32768, QuantKind::Nf4, dq),
+        ("tiles fast, plain f32 scales", 272, 512, QuantKind::Nf4, plain),
+        ("tiles fast, FP4", 160, 1024, QuantKind::Fp4, dq),
+        ("tiles fast, 4-warp blocks at T=1, idle warps (K 128)", 9216, 128, QuantKind::Nf4, dq),
+        ("tiles fast, plain, 4-warp blocks at T=1, many groups a block at T>1", 9216, 128, QuantKind::Fp4, plain),
+        ("tiles generic, K/64 and nested blocks coprime", 96, 320, QuantKind::Nf4, dq),
+        ("tiles generic, blocksize 128", 64, 640, QuantKind::Nf4, QuantOptions { blocksize: 128, ..dq }),
+        ("tiles generic, blocksize 256, plain, FP4", 32, 768, QuantKind::Fp4, QuantOptions { blocksize: 256, ..plain }),
+        ("bnb layout, N % 16 != 0", 264, 512, QuantKind::Nf4, dq),
+        ("bnb layout, K % 64 != 0", 40, 96, QuantKind::Fp4, dq),
+    ]
+}
+
+/// The epilogue and bias used for activation row count `t` (all combinations appear over 1..=8).
+fn epilogue_for(t: usize) -> (Epilogue, bool) {
+    let epi = [Epilogue::Store, Epilogue::Gelu, Epilogue::Accumulate][t % 3];
+    (epi, t % 2 == 1)
+}
+
+/// The 4-bit decode GEMV against the CPU backend (peregrine_quant's bitsandbytes matmul) for every
+/// T in 1..=8 and every epilogue, with and without bias; also: resident bytes are the format's,
+/// and the weight comes back from the device in bitsandbytes' layout byte for byte. Tolerance:
+/// the GEMV multiplies bf16-rounded codes and scales the f32 partial sum of each 64-k block, where
+/// bitsandbytes rounds code * absmax to bf16: the results differ by rounding only (TOL_BF16).
+#[test]
+fn four_bit_gemv_matches_the_oracle() {
+    let Some(gpu) = cuda("four_bit_gemv_matches_the_oracle") else { return };
+    let cpu = cpu();
+    let mut rng = Rng::new(24);
+    for (label, n, k, kind, opts) in four_bit_cases() {
+        let lw = host_weight(&mut rng, n, k, kind, &opts);
+        let (gw, cw) = (gpu.load_linear(lw.clone()).unwrap(), cpu.load_linear(lw.clone()).unwrap());
+        // The double-quant offset (4 bytes of the format) is a kernel argument on the device.
+        let (resident, stored) = (gpu.linear_bytes(&gw), lw.stored_bytes());
+        assert!(resident.abs_diff(stored) <= 4, "{label}: {resident} bytes resident for {stored} stored");
+        let (LinearWeight::FourBit(back), LinearWeight::FourBit(orig)) = (gpu.linear_to_host(&gw).unwrap(), &lw) else { unreachable!() };
+        assert!(back.packed == orig.packed, "{label}: packed bytes do not round-trip through the device layout");
+        assert_eq!(peregrine_quant::blockwise::restore_absmax(&back.absmax), peregrine_quant::blockwise::restore_absmax(&orig.absmax), "{label}: scales do not round-trip");
+        let bias = rng.bf16_vec(n, 0.1);
+        let (gb, cb) = (gpu.upload(&bias).unwrap(), cpu.upload(&bias).unwrap());
+        for t in 1..=peregrine_cuda::linear::GEMV_MAX_ROWS {
+            let (epi, with_bias) = epilogue_for(t);
+            let x = rng.bf16_vec(t * k, 1.0);
+            // Accumulate adds onto what out holds; the other epilogues must overwrite the NaNs.
+            let start = if epi == Epilogue::Accumulate { rng.bf16_vec(t * n, 1.0) } else { vec![f32::NAN; t * n] };
+            let mut go = gpu.upload(&start).unwrap();
+            gpu.linear_fused(&gpu.upload(&x).unwrap(), t, &gw, with_bias.then_some(&gb), epi, &mut go).unwrap();
+            let mut co = cpu.upload(&start).unwrap();
+            cpu.linear_fused(&cpu.upload(&x).unwrap(), t, &cw, with_bias.then_some(&cb), epi, &mut co).unwrap();
+            let name = format!("gemv4 {label} ({n}x{k}) T={t} {epi:?} bias={with_bias}");
+            check(&name, &gpu.download(&go, 0, t * n).unwrap(), &co[..t * n], TOL_BF16);
+        }
+    }
 }

@@ -1,0 +1,572 @@
+// lab_gemv4.cu: kernels for the 4-bit GEMV lab (examples/lab_gemv4.rs), compiled by the lab
+// appended to kernels/quant4.cu (so it can instantiate gemv4t_body with other configurations).
+// Contents:
+//   lab_v1_gemv4_t{1,8}: v1, the GEMV this lab replaced (bnb layout, one warp per 4 rows, FMA on
+//     decoded floats), kept verbatim for comparison (renamed; GEMV_* -> V1_*).
+//   lab_stream_read(p (n16 uint4), n16, out): read-only streaming (xor of 16-byte loads), the
+//     practical read ceiling; lab_stream_read4: 4 loads in flight per thread.
+//   lab_old_body (v2..v4), lab_ring_body (v6): the measured alternatives to quant4.cu's gemv4t_body (v5).
+//   lab_tc_*: gemv4t_body instantiations (see the table in lab_gemv4.rs).
+
+// ---- v1 (the previous gemv4_bf16_t*) ----
+#define V1_ROWS 4
+#define V1_WARPS 8
+#define V1_UNROLL 2
+
+__device__ __forceinline__ float v1_absmax_lut(const float* plain, const u8* q, const float* lut2, const float* nested,
+                                            int nested_blocksize, float offset, i64 i) {
+    if (plain != nullptr) return __ldg(plain + i);
+    return __fadd_rn(__fmul_rn(lut2[__ldg(q + i)], __ldg(nested + i / nested_blocksize)), offset);
+}
+
+template <int MAXT>
+__device__ __forceinline__ void v1_gemv4_body(const bf16* __restrict__ x, const u8* __restrict__ packed,
+                                           const float* __restrict__ absmax, const u8* __restrict__ absmax_q,
+                                           const float* __restrict__ absmax_code, const float* __restrict__ nested,
+                                           int nested_blocksize, float offset, const float* __restrict__ code,
+                                           int blocksize, int N, int K, int T, const bf16* __restrict__ bias,
+                                           int epi, bf16* __restrict__ out) {
+    __shared__ float lut[16];
+    __shared__ float lut2[256];
+    if (threadIdx.x < 16) lut[threadIdx.x] = code[threadIdx.x];
+    if (absmax_code != nullptr)
+        for (int i = threadIdx.x; i < 256; i += blockDim.x) lut2[i] = absmax_code[i];
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n0 = (blockIdx.x * V1_WARPS + warp) * V1_ROWS;
+    if (n0 >= N) return;
+    const int words = K / 32;
+    float acc[V1_ROWS][MAXT];
+#pragma unroll
+    for (int r = 0; r < V1_ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < MAXT; t++) acc[r][t] = 0.f;
+
+    for (int w0 = lane; w0 < words; w0 += 32 * V1_UNROLL) {
+        uint4 q[V1_UNROLL][V1_ROWS];
+        float a[V1_UNROLL][V1_ROWS];
+#pragma unroll
+        for (int u = 0; u < V1_UNROLL; u++) {
+            const int w = w0 + 32 * u;
+#pragma unroll
+            for (int r = 0; r < V1_ROWS; r++) {
+                const int n = n0 + r;
+                const bool ok = (w < words) && (n < N);
+                const i64 f = (i64)n * K + (i64)w * 32;
+                q[u][r] = ok ? __ldg(reinterpret_cast<const uint4*>(packed + (f >> 1))) : make_uint4(0, 0, 0, 0);
+                a[u][r] = ok ? v1_absmax_lut(absmax, absmax_q, lut2, nested, nested_blocksize, offset, f / blocksize) : 0.f;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < V1_UNROLL; u++) {
+            const int w = w0 + 32 * u;
+            if (w >= words) break;
+#pragma unroll
+            for (int part = 0; part < 4; part++) {
+                const int k = w * 32 + part * 8;
+                float xf[MAXT][8];
+#pragma unroll
+                for (int t = 0; t < MAXT; t++)
+                    if (t < T) unpack8_bf16(__ldg(reinterpret_cast<const uint4*>(x + (i64)t * K + k)), xf[t]);
+#pragma unroll
+                for (int r = 0; r < V1_ROWS; r++) {
+                    const u32 word = part == 0 ? q[u][r].x : part == 1 ? q[u][r].y : part == 2 ? q[u][r].z : q[u][r].w;
+                    float wv[8];
+#pragma unroll
+                    for (int b = 0; b < 4; b++) {
+                        const u32 byte = (word >> (8 * b)) & 0xFF;
+                        wv[2 * b] = lut[byte >> 4] * a[u][r];
+                        wv[2 * b + 1] = lut[byte & 15] * a[u][r];
+                    }
+#pragma unroll
+                    for (int t = 0; t < MAXT; t++)
+                        if (t < T)
+#pragma unroll
+                            for (int e = 0; e < 8; e++) acc[r][t] += wv[e] * xf[t][e];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < V1_ROWS; r++) {
+        const int n = n0 + r;
+        const float bv = (bias != nullptr && n < N) ? bf2f(bias[n]) : 0.f;
+#pragma unroll
+        for (int t = 0; t < MAXT; t++) {
+            if (t < T) {
+                const float s = warp_sum(acc[r][t]);
+                if (lane == 0 && n < N) store_epilogue(out, (i64)t * N + n, s + bv, epi);
+            }
+        }
+    }
+}
+
+#define V1_KERNEL(MAXT)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(V1_WARPS * 32) lab_v1_gemv4_t##MAXT(                           \
+        const bf16* x, const u8* packed, const float* absmax, const u8* absmax_q, const float* absmax_code,    \
+        const float* nested, int nested_blocksize, float offset, const float* code, int blocksize, int N, int K, \
+        int T, const bf16* bias, int epi, bf16* out) {                                                                \
+        v1_gemv4_body<MAXT>(x, packed, absmax, absmax_q, absmax_code, nested, nested_blocksize, offset, code,     \
+                         blocksize, N, K, T, bias, epi, out);                                                       \
+    }
+
+V1_KERNEL(1)
+V1_KERNEL(8)
+
+// ---- the streaming-read ceiling ----
+extern "C" __global__ void lab_stream_read(const uint4* __restrict__ p, i64 n16, u32* __restrict__ out) {
+    u32 acc = 0;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n16; i += (i64)gridDim.x * blockDim.x) {
+        uint4 v;
+        asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p + i));
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x12345678u) out[0] = acc;  // practically never: keeps the loads alive
+}
+
+// The same with 4 independent loads per thread in flight (a better ceiling for tens of MB).
+extern "C" __global__ void lab_stream_read4(const uint4* __restrict__ p, i64 n16, u32* __restrict__ out) {
+    u32 acc = 0;
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n16; i += 4 * stride) {
+        uint4 v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            v[u] = make_uint4(0, 0, 0, 0);
+            if (i + u * stride < n16)
+                asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                             : "=r"(v[u].x), "=r"(v[u].y), "=r"(v[u].z), "=r"(v[u].w) : "l"(p + i + u * stride));
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+    if (acc == 0x12345678u) out[0] = acc;
+}
+
+// ---- v2..v4: the first tensor-core GEMV body, kept verbatim (measured in lab run 1) ----
+// Its prefetch did not work: ptxas put the next stage's loads on the same scoreboard as the current
+// stage's and x's, so the first use of the current data waited for the next stage too (see NOTES.md).
+/// One step's loads: NT = U * RT tiles, each 16 weight bytes and the raw scales of the lane's two
+/// rows (DQ: the two code bytes in s0; plain: the two f32 in s0, s1).
+template <int NT>
+struct T4OldStage {
+    uint4 a[NT];
+    u32 s0[NT], s1[NT];
+};
+
+template <int W, int RT, int U, int MAXT, bool DQ, bool GEN, bool PF, bool L64>
+__device__ __forceinline__ void lab_old_body(const bf16* __restrict__ x, const uint4* __restrict__ tiles,
+                                            const float* __restrict__ absmax, const u8* __restrict__ absmax_q,
+                                            const float* __restrict__ absmax_code, const float* __restrict__ nested,
+                                            int nested_shift, int nested_jshift, float offset,
+                                            const float* __restrict__ code, int bshift, int N, int K, int T,
+                                            const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
+    constexpr int NT = U * RT;
+    constexpr int NC = MAXT == 1 ? 2 : 4;  // fragment values kept per tile: (row g, row g+8) x tokens 2t(, 2t+1)
+    constexpr int LUT_BYTES = L64 ? T4_LUT64_BYTES : T4_LUT32_BYTES;
+    constexpr int JSTEP = W * U;  // k-blocks a warp advances per step
+    extern __shared__ __align__(16) u8 t4_smem[];  // (the same symbol as quant4.cu's)
+    float* red = reinterpret_cast<float*>(t4_smem + LUT_BYTES);  // [W][RT][NC][32]
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const u32 lane4 = (u32)lane * 4, sbase = t4_smem_base(t4_smem);
+    const int KB = K >> 6, tiles_n = N >> 4, groups = (tiles_n + RT - 1) / RT;
+    const int S = (KB + JSTEP - 1) / JSTEP;  // steps per group, the same for every warp
+    const int my_groups = (int)blockIdx.x < groups ? (groups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    const int total = my_groups * S;
+
+    // Load cursor: group lg, step ls; tpl[rt] / spl[rt] point at tile (lg*RT + rt, k-block warp + JSTEP*ls)
+    // (this lane's 16 bytes) and its scales (this lane's two).
+    int lg = blockIdx.x, ls = 0;
+    const uint4* tpl[RT];
+    const u8* spl[RT];
+    auto set_load_ptrs = [&]() {
+#pragma unroll
+        for (int rt = 0; rt < RT; rt++) {
+            const i64 tile = (i64)(lg * RT + rt) * KB + warp;
+            tpl[rt] = tiles + tile * 32 + lane;
+            spl[rt] = DQ ? absmax_q + tile * 16 + 2 * g : reinterpret_cast<const u8*>(absmax + tile * 16 + 2 * g);
+        }
+    };
+    auto advance_load = [&]() {
+        if (++ls == S) {
+            ls = 0;
+            lg += gridDim.x;
+            set_load_ptrs();
+        } else {
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) {
+                tpl[rt] += JSTEP * 32;
+                spl[rt] += JSTEP * 16 * (DQ ? 1 : 4);
+            }
+        }
+    };
+    auto load_one = [&](T4OldStage<NT>& st, int u, int rt) {
+        const int e = u * RT + rt;
+        st.a[e] = t4_ld_weights(tpl[rt] + u * W * 32);
+        st.s1[e] = 0;
+        if (GEN) {  // scales by index: tiled (bshift 0) or flat blocks of 64 << bshift
+            const int r = lg * RT + rt, j = warp + JSTEP * ls + W * u;
+            const i64 tile = (i64)r * KB + j;
+            const i64 bg = bshift == 0 ? tile * 16 + 2 * g : ((i64)(16 * r + g) * KB + j) >> bshift;
+            const i64 bh = bshift == 0 ? bg + 1 : ((i64)(16 * r + g + 8) * KB + j) >> bshift;
+            if (DQ) st.s0[e] = (u32)__ldg(absmax_q + bg) | ((u32)__ldg(absmax_q + bh) << 8);
+            else {
+                st.s0[e] = __float_as_uint(__ldg(absmax + bg));
+                st.s1[e] = __float_as_uint(__ldg(absmax + bh));
+            }
+        } else if (DQ) {
+            st.s0[e] = __ldg(reinterpret_cast<const unsigned short*>(spl[rt] + u * W * 16));
+        } else {
+            const float2 p = __ldg(reinterpret_cast<const float2*>(spl[rt]) + u * W * 8);
+            st.s0[e] = __float_as_uint(p.x);
+            st.s1[e] = __float_as_uint(p.y);
+        }
+    };
+    auto load = [&](T4OldStage<NT>& st) {
+        const int j0 = warp + JSTEP * ls;
+        if (j0 + W * (U - 1) < KB && lg * RT + RT <= tiles_n) {  // the whole step in range (warp-uniform)
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++) load_one(st, u, rt);
+        } else {
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++) {
+                    if (j0 + W * u < KB && lg * RT + rt < tiles_n) load_one(st, u, rt);
+                    else {
+                        st.a[u * RT + rt] = make_uint4(0, 0, 0, 0);
+                        st.s0[u * RT + rt] = st.s1[u * RT + rt] = 0;
+                    }
+                }
+        }
+        advance_load();
+    };
+
+    float acc[RT][NC];
+    float nest[RT][2];
+    int nest_grp = -1, nest_jp = -1;
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++) {
+#pragma unroll
+        for (int c = 0; c < NC; c++) acc[rt][c] = 0.f;
+        nest[rt][0] = nest[rt][1] = 0.f;
+    }
+
+    // Compute cursor: group cg, step cs; xp = this lane's x (token g) at k-block warp + JSTEP*cs.
+    int cg = blockIdx.x, cs = 0;
+    const bf16* xp0 = x + (i64)g * K + 64 * warp + 16 * t;
+    const bf16* xp = xp0;
+
+    auto compute = [&](const T4OldStage<NT>& st) {
+        const int j0 = warp + JSTEP * cs;
+        if (DQ && !GEN) {  // the nested absmax of the lane's rows: reloaded when group or segment changes
+            const int jp = j0 >> nested_jshift;  // the host guarantees a step never crosses a segment
+            if (jp != nest_jp || cg != nest_grp) {  // warp-uniform, rare
+                nest_jp = jp;
+                nest_grp = cg;
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const i64 n = (i64)(cg * RT + rt) * 16 + g + 8 * h;
+                        nest[rt][h] = n < N ? __ldg(nested + ((n * KB) >> nested_shift) + jp) : 0.f;
+                    }
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = j0 + W * u;
+            if (j >= KB) break;  // warp-uniform
+            u32 xw[8];
+            if (g < T) {
+                const uint4* p = reinterpret_cast<const uint4*>(xp + 64 * W * u);
+                const uint4 v0 = __ldg(p), v1 = __ldg(p + 1);
+                xw[0] = v0.x; xw[1] = v0.y; xw[2] = v0.z; xw[3] = v0.w;
+                xw[4] = v1.x; xw[5] = v1.y; xw[6] = v1.z; xw[7] = v1.w;
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) xw[i] = 0u;
+            }
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) {
+                const int r = cg * RT + rt, e = u * RT + rt;
+                if (r >= tiles_n) break;  // warp-uniform
+                float c[4] = {0.f, 0.f, 0.f, 0.f};
+                const u32 wv[4] = {st.a[e].x, st.a[e].y, st.a[e].z, st.a[e].w};
+#pragma unroll
+                for (int s = 0; s < 4; s++)
+                    t4_mma(c, t4_pair<L64, 0>(sbase, wv[s], lane4), t4_pair<L64, 1>(sbase, wv[s], lane4),
+                           t4_pair<L64, 2>(sbase, wv[s], lane4), t4_pair<L64, 3>(sbase, wv[s], lane4), xw[2 * s], xw[2 * s + 1]);
+                float sg, sh;
+                if (DQ) {
+                    float ng = nest[rt][0], nh = nest[rt][1];
+                    if (GEN) {
+                        const i64 n = (i64)r * 16 + g;
+                        ng = __ldg(nested + ((((n * KB + j) >> bshift)) >> nested_shift));
+                        nh = __ldg(nested + (((((n + 8) * KB + j) >> bshift)) >> nested_shift));
+                    }
+                    sg = __fadd_rn(__fmul_rn(t4_code2<L64, 0>(sbase, st.s0[e], lane4), ng), offset);
+                    sh = __fadd_rn(__fmul_rn(t4_code2<L64, 1>(sbase, st.s0[e], lane4), nh), offset);
+                } else {
+                    sg = __uint_as_float(st.s0[e]);
+                    sh = __uint_as_float(st.s1[e]);
+                }
+                if (MAXT == 1) {
+                    acc[rt][0] = fmaf(c[0], sg, acc[rt][0]);
+                    acc[rt][1] = fmaf(c[2], sh, acc[rt][1]);
+                } else {
+                    acc[rt][0] = fmaf(c[0], sg, acc[rt][0]);
+                    acc[rt][1] = fmaf(c[1], sg, acc[rt][1]);
+                    acc[rt][2] = fmaf(c[2], sh, acc[rt][2]);
+                    acc[rt][3] = fmaf(c[3], sh, acc[rt][3]);
+                }
+            }
+        }
+    };
+
+    // Block-uniform: every thread reaches both barriers.
+    auto reduce = [&](int grp) {
+#pragma unroll
+        for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                red[((warp * RT + rt) * NC + c) * 32 + lane] = acc[rt][c];
+                acc[rt][c] = 0.f;
+            }
+        __syncthreads();
+        const int per_tile = 16 * T;
+        for (int o = threadIdx.x; o < RT * per_tile; o += blockDim.x) {
+            const int rt = o / per_tile, rem = o - rt * per_tile, tok = rem >> 4, m = rem & 15;
+            const int src_lane = (m & 7) * 4 + (tok >> 1);
+            const int c = MAXT == 1 ? (m >> 3) : (m >> 3) * 2 + (tok & 1);
+            float sum = 0.f;
+#pragma unroll
+            for (int w = 0; w < W; w++) sum += red[((w * RT + rt) * NC + c) * 32 + src_lane];
+            const int n = (grp * RT + rt) * 16 + m;
+            if (n < N) store_epilogue(out, (i64)tok * N + n, sum + (bias != nullptr ? bf2f(bias[n]) : 0.f), epi);
+        }
+        __syncthreads();
+    };
+
+    auto advance_compute = [&]() {
+        if (++cs == S) {
+            reduce(cg);
+            cs = 0;
+            cg += gridDim.x;
+            xp = xp0;
+        } else {
+            xp += 64 * JSTEP;
+        }
+    };
+
+    set_load_ptrs();
+    T4OldStage<NT> sa, sb;
+    if (PF && total > 0) load(sa);  // in flight while the table is filled
+    t4_fill_lut<L64>(t4_smem, code, DQ ? absmax_code : nullptr);
+    __syncthreads();
+    auto run = [&](T4OldStage<NT>& cur, T4OldStage<NT>& nxt, int it) {
+        if (!PF) load(cur);
+        else if (it + 1 < total) load(nxt);  // the next step, possibly the next group's first
+        compute(cur);
+        advance_compute();
+    };
+    for (int it = 0; it < total; it += 2) {
+        run(sa, sb, it);
+        if (it + 1 < total) run(sb, sa, it + 1);
+    }
+}
+
+
+#define LAB_OLD_KERNEL(NAME, W, RT, U, MAXT, DQ, GEN, PF, L64, BPS)                                  \
+    extern "C" __global__ void __launch_bounds__(W * 32, BPS) NAME(T4_ARGS) {                          \
+        lab_old_body<W, RT, U, MAXT, DQ, GEN, PF, L64>(T4_PASS);                                      \
+    }
+
+// ---- v6: a cp.async ring instead of register double buffering (T = 1, double quant, tiled scales,
+// hoisted nested absmax). Each warp keeps D stages in flight in shared memory: its tiles (lane l
+// copies its own 16 bytes and reads them back), the tiles' 16 code bytes (lanes 0..3) and token 0's x
+// (lanes 0..3). cp.async groups, not scoreboards, say what has landed: wait_group(D - 1) + __syncwarp.
+__device__ __forceinline__ void lab_cp16(u32 dst, const void* src, u32 bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void lab_cp4(u32 dst, const void* src, u32 bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void lab_cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void lab_cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+__device__ __forceinline__ uint4 lab_lds128(u32 a) {
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(a) : "memory");
+    return v;
+}
+
+template <int W, int RT, int U, int D, bool L64>
+__device__ __forceinline__ void lab_ring_body(const bf16* __restrict__ x, const uint4* __restrict__ tiles,
+                                              const float* __restrict__ absmax, const u8* __restrict__ absmax_q,
+                                              const float* __restrict__ absmax_code, const float* __restrict__ nested,
+                                              int nested_shift, int nested_jshift, float offset,
+                                              const float* __restrict__ code, int bshift, int N, int K, int T,
+                                              const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
+    constexpr int NT = U * RT, NC = 2, JSTEP = W * U;
+    constexpr int LUT_BYTES = L64 ? T4_LUT64_BYTES : T4_LUT32_BYTES;
+    constexpr int STAGE = NT * 528 + U * 128;  // tiles, their code bytes, x
+    constexpr int RED = W * RT * NC * 128;
+    extern __shared__ __align__(16) u8 t4_smem[];
+    float* red = reinterpret_cast<float*>(t4_smem + LUT_BYTES);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2;
+    const u32 lane4 = (u32)lane * 4, sbase = t4_smem_base(t4_smem);
+    const u32 ring = sbase + LUT_BYTES + RED + warp * D * STAGE;
+    const int KB = K >> 6, tiles_n = N >> 4, groups = (tiles_n + RT - 1) / RT;
+    const int S = (KB + JSTEP - 1) / JSTEP;
+    const int my_groups = (int)blockIdx.x < groups ? (groups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    const int total = my_groups * S;
+    const u32 qb = 2 * (g & 1);
+    int ig = blockIdx.x, is = 0;
+    auto issue = [&](int slot) {
+        const u32 st = ring + slot * STAGE;
+        const int j0 = warp + JSTEP * is;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = j0 + W * u;
+            const bool jok = j < KB;
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) {
+                const int e = u * RT + rt, r = ig * RT + rt;
+                const bool ok = jok && r < tiles_n;
+                const i64 tile = ok ? (i64)r * KB + j : 0;
+                lab_cp16(st + e * 512 + lane * 16, tiles + tile * 32 + lane, ok ? 16 : 0);
+                if (lane < 4) lab_cp4(st + NT * 512 + e * 16 + lane * 4, absmax_q + tile * 16 + lane * 4, ok ? 4 : 0);
+            }
+            if (lane < 4) {
+                const bf16* src = x + (jok ? 64 * j + 16 * lane : 0);
+                lab_cp16(st + NT * 528 + u * 128 + lane * 32, src, jok ? 16 : 0);
+                lab_cp16(st + NT * 528 + u * 128 + lane * 32 + 16, src + 8, jok ? 16 : 0);
+            }
+        }
+        if (++is == S) {
+            is = 0;
+            ig += gridDim.x;
+        }
+    };
+#pragma unroll
+    for (int d = 0; d < D - 1; d++) {
+        if (d < total) issue(d);
+        lab_cp_commit();
+    }
+    t4_fill_lut<L64>(t4_smem, code, absmax_code);
+    __syncthreads();
+    float acc[RT][NC];
+    float nest[RT][2];
+    int nest_grp = -1, nest_jp = -1;
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++) acc[rt][0] = acc[rt][1] = nest[rt][0] = nest[rt][1] = 0.f;
+    int cg = blockIdx.x, cs = 0;
+    for (int it = 0; it < total; it++) {
+        if (it + D - 1 < total) issue((it + D - 1) % D);
+        lab_cp_commit();
+        lab_cp_wait<D - 1>();
+        __syncwarp();
+        const u32 st = ring + (it % D) * STAGE;
+        const int j0 = warp + JSTEP * cs;
+        const int jp = j0 >> nested_jshift;
+        if (jp != nest_jp || cg != nest_grp) {  // warp-uniform, rare
+            nest_jp = jp;
+            nest_grp = cg;
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const i64 n = (i64)(cg * RT + rt) * 16 + g + 8 * h;
+                    nest[rt][h] = n < N ? __ldg(nested + ((n * KB) >> nested_shift) + jp) : 0.f;
+                }
+        }
+        u32 xw[U][8];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            uint4 v0 = make_uint4(0, 0, 0, 0), v1 = v0;
+            if (lane < 4) {
+                v0 = lab_lds128(st + NT * 528 + u * 128 + lane * 32);
+                v1 = lab_lds128(st + NT * 528 + u * 128 + lane * 32 + 16);
+            }
+            xw[u][0] = v0.x; xw[u][1] = v0.y; xw[u][2] = v0.z; xw[u][3] = v0.w;
+            xw[u][4] = v1.x; xw[u][5] = v1.y; xw[u][6] = v1.z; xw[u][7] = v1.w;
+        }
+        uint4 a[NT];
+#pragma unroll
+        for (int e = 0; e < NT; e++) a[e] = lab_lds128(st + e * 512 + lane * 16);
+        float c[NT][4];
+#pragma unroll
+        for (int e = 0; e < NT; e++) c[e][0] = c[e][1] = c[e][2] = c[e][3] = 0.f;
+#pragma unroll
+        for (int s = 0; s < 4; s++)
+#pragma unroll
+            for (int e = 0; e < NT; e++) {
+                const u32 w = s == 0 ? a[e].x : s == 1 ? a[e].y : s == 2 ? a[e].z : a[e].w;
+                t4_mma(c[e], t4_pair<L64, 0>(sbase, w, lane4), t4_pair<L64, 1>(sbase, w, lane4), t4_pair<L64, 2>(sbase, w, lane4),
+                       t4_pair<L64, 3>(sbase, w, lane4), xw[e / RT][2 * s], xw[e / RT][2 * s + 1]);
+            }
+#pragma unroll
+        for (int e = 0; e < NT; e++) {
+            const int rt = e % RT;
+            const u32 q = t4_lds(st + NT * 512 + e * 16 + 4 * (g >> 1));
+            const float sg = __fadd_rn(__fmul_rn(t4_code2_at<L64>(sbase, q, qb, lane4), nest[rt][0]), offset);
+            const float sh = __fadd_rn(__fmul_rn(t4_code2_at<L64>(sbase, q, qb + 1, lane4), nest[rt][1]), offset);
+            acc[rt][0] = fmaf(c[e][0], sg, acc[rt][0]);
+            acc[rt][1] = fmaf(c[e][2], sh, acc[rt][1]);
+        }
+        __syncwarp();
+        if (++cs == S) {  // block-uniform
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+                for (int c2 = 0; c2 < NC; c2++) {
+                    red[((warp * RT + rt) * NC + c2) * 32 + lane] = acc[rt][c2];
+                    acc[rt][c2] = 0.f;
+                }
+            __syncthreads();
+            for (int o = threadIdx.x; o < RT * 16; o += blockDim.x) {
+                const int rt = o >> 4, m = o & 15;
+                float sum = 0.f;
+#pragma unroll
+                for (int w = 0; w < W; w++) sum += red[((w * RT + rt) * NC + (m >> 3)) * 32 + (m & 7) * 4];
+                const int n = (cg * RT + rt) * 16 + m;
+                if (n < N) store_epilogue(out, n, sum + (bias != nullptr ? bf2f(bias[n]) : 0.f), epi);
+            }
+            __syncthreads();
+            cs = 0;
+            cg += gridDim.x;
+        }
+    }
+}
+
+#define LAB_RING_KERNEL(NAME, W, RT, U, D, L64, BPS)                                                  \
+    extern "C" __global__ void __launch_bounds__(W * 32, BPS) NAME(T4_ARGS) {                          \
+        lab_ring_body<W, RT, U, D, L64>(T4_PASS);                                                     \
+    }
+
+// ---- variants (NAME, W, RT, U, MAXT, DQ, GEN, PF, L64, BPS) ----
+// v2: the lead design as briefed: 32 KB table (shift/mask/or + add per byte), no prefetch.
+LAB_OLD_KERNEL(lab_tc_v2, 8, 2, 2, 1, true, false, false, false, 3)
+// v3: 64 KB table, one PRMT per byte (LDS [PRMT + UR]), no prefetch.
+LAB_OLD_KERNEL(lab_tc_v3, 8, 2, 2, 1, true, false, false, true, 3)
+// v4: v3 + register double buffering (which the scoreboard sharing defeated).
+LAB_OLD_KERNEL(lab_tc_v4, 8, 2, 2, 1, true, false, true, true, 2)
+// v5 (quant4.cu gemv4t_body: prefetch made to work, branch-free interleaved tiles), (NAME, W, RT, U,
+// MAXT, DQ, TS, NH, L64, BPS); lab_v5_w8r2u2 is the production configuration.
+GEMV4T_KERNEL(lab_v5_w8r2u2, 8, 2, 2, 1, true, true, true, false, 2)
+GEMV4T_KERNEL(lab_v5_w8r2u2_l64, 8, 2, 2, 1, true, true, true, true, 2)
+GEMV4T_KERNEL(lab_v5_w8r1u2_b3, 8, 1, 2, 1, true, true, true, false, 3)
+GEMV4T_KERNEL(lab_v5_w8r1u4, 8, 1, 4, 1, true, true, true, false, 2)
+GEMV4T_KERNEL(lab_v5_w8r3u1, 8, 3, 1, 1, true, true, true, false, 2)
+GEMV4T_KERNEL(lab_v5_w8r4u1, 8, 4, 1, 1, true, true, true, false, 2)
+GEMV4T_KERNEL(lab_v5_w16r2u1, 16, 2, 1, 1, true, true, true, false, 1)
+GEMV4T_KERNEL(lab_v5_w4r2u2, 4, 2, 2, 1, true, true, true, false, 4)
+// v6: cp.async ring (NAME, W, RT, U, D, L64, BPS)
+LAB_RING_KERNEL(lab_v6_w8r2u2d4, 8, 2, 2, 4, false, 2)
+LAB_RING_KERNEL(lab_v6_w8r2u2d3, 8, 2, 2, 3, false, 2)
+LAB_RING_KERNEL(lab_v6_w8r1u2d6, 8, 1, 2, 6, false, 2)
+LAB_RING_KERNEL(lab_v6_w8r2u1d6, 8, 2, 1, 6, false, 2)
+LAB_RING_KERNEL(lab_v6_w4r2u2d6, 4, 2, 2, 6, false, 3)
