@@ -283,7 +283,7 @@ impl FourBitLinear {
                 let a = Args::new().ptr(x).ptr(self.packed.ptr()).ptr(plain).ptr(q).ptr(code2).ptr(nested);
                 let a = a.i32(plan.nested_shift).i32(plan.nested_jshift).f32(offset).ptr(self.code.ptr()).i32(plan.bshift);
                 let a = a.i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).i32(epi.code()).ptr(out);
-                let g = Grid::new((plan.blocks, 1, 1), plan.threads).with_smem(plan.smem);
+                let g = Grid::new((plan.blocks, 1, 1), plan.threads).with_smem(plan.smem).with_pdl();
                 dev.launch("quant4", plan.kernel, g, a)
             }
         }
