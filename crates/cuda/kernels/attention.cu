@@ -314,6 +314,8 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
     int max_pos = -1;
     for (int r = 0; r < TC_ROWS && t0 + r < T; r++) max_pos = max(max_pos, (int)positions[t0 + r]);
     const float slope = (slopes != nullptr) ? slopes[h] : 0.f;
+    // Scores in log2 units (scale x log2 e), so every exponential is one exp2f: the softmax is unchanged.
+    const float scale2 = scale * 1.4426950408889634f;
 
     float m_a = NEG_INF, m_b = NEG_INF, l_a = 0.f, l_b = 0.f;
     float o[HD / 8][4];
@@ -358,7 +360,7 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
             for (int e = 0; e < 4; e++) {
                 const int j = k0 + 8 * nt + 2 * c + (e & 1);
                 float v = s[nt][e];
-                v = (slopes != nullptr) ? (v + round_bf16(slope * (float)j)) * scale : v * scale;
+                v = (slopes != nullptr) ? (v + round_bf16(slope * (float)j)) * scale2 : v * scale2;
                 const int pos = (e < 2) ? pos_a : pos_b;
                 s[nt][e] = (j <= pos) ? v : NEG_INF;
             }
@@ -371,14 +373,14 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
         mx_b = fmaxf(mx_b, __shfl_xor_sync(FULL_MASK, mx_b, 2));
         const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
         const float use_a = (mn_a == NEG_INF) ? 0.f : mn_a, use_b = (mn_b == NEG_INF) ? 0.f : mn_b;
-        const float corr_a = expf(m_a - use_a), corr_b = expf(m_b - use_b);
+        const float corr_a = exp2f(m_a - use_a), corr_b = exp2f(m_b - use_b);
         float sum_a = 0.f, sum_b = 0.f;
 #pragma unroll
         for (int nt = 0; nt < TC_KEYS / 8; nt++) {
-            s[nt][0] = expf(s[nt][0] - use_a);
-            s[nt][1] = expf(s[nt][1] - use_a);
-            s[nt][2] = expf(s[nt][2] - use_b);
-            s[nt][3] = expf(s[nt][3] - use_b);
+            s[nt][0] = exp2f(s[nt][0] - use_a);
+            s[nt][1] = exp2f(s[nt][1] - use_a);
+            s[nt][2] = exp2f(s[nt][2] - use_b);
+            s[nt][3] = exp2f(s[nt][3] - use_b);
             sum_a += s[nt][0] + s[nt][1];
             sum_b += s[nt][2] + s[nt][3];
         }
