@@ -24,7 +24,7 @@
 //!         Ok(Generation { prompt_tokens: out.prompt_tokens, generated_tokens: out.tokens.len(), text: out.text })
 //!     }
 //!     fn model_shape(&self) -> Option<ModelShape> { Some(shape_of(&self.model.config)) }
-//!     fn with_prefill(&mut self, ids: &[u32], body: &mut dyn FnMut(&mut dyn FnMut() -> Result<()>) -> Result<()>) -> Result<()> {
+//!     fn with_prefill(&mut self, ids: &[u32], body: &mut peregrine_bench::PrefillBody<'_>) -> Result<()> {
 //!         let mut session = Session::new(self.backend, &self.model, ids.len(), ids.len())?;
 //!         body(&mut || { session.prefill(ids)?; self.backend.synchronize() })
 //!     }
@@ -55,7 +55,7 @@ pub use outputs::render_outputs_md;
 pub use prefill::{check_prefill_tokens, measure_prefill, prefill_ids, prefill_runs, ModelShape};
 pub use prompts::{parse_prompts, read_prompt_file, seed_prompts, SEED_PROMPTS};
 pub use report::{read_report, write_report};
-pub use runner::{measure_config, parse_quant_list, run_matrix, BenchPlan, BenchTarget, ConfigSpec, Generation};
+pub use runner::{measure_config, parse_quant_list, run_matrix, BenchPlan, BenchTarget, ConfigSpec, Generation, PrefillBody};
 pub use schema::{
     BenchReport, ConfigResult, DeviceInfo, GenerationLimit, PrefillResult, QualityResult, RunRecord, Summary, SCHEMA,
 };

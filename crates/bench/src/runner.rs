@@ -29,6 +29,9 @@ pub struct Generation {
 
 /// A loaded model the benchmark can drive. Implemented by the engine for real models and
 /// by tests for fakes.
+/// What `BenchTarget::with_prefill` calls: it receives a closure that runs one prefill.
+pub type PrefillBody<'a> = dyn FnMut(&mut dyn FnMut() -> Result<()>) -> Result<()> + 'a;
+
 pub trait BenchTarget {
     /// Resident weight bytes: what one decode step reads from memory.
     fn weight_bytes(&self) -> u64;
@@ -50,7 +53,7 @@ pub trait BenchTarget {
     fn with_prefill(
         &mut self,
         ids: &[u32],
-        body: &mut dyn FnMut(&mut dyn FnMut() -> Result<()>) -> Result<()>,
+        body: &mut PrefillBody<'_>,
     ) -> Result<()> {
         let _ = (ids, body);
         Err(Error::msg("this bench target cannot measure prefill"))
@@ -76,7 +79,7 @@ impl<T: BenchTarget + ?Sized> BenchTarget for Box<T> {
     fn with_prefill(
         &mut self,
         ids: &[u32],
-        body: &mut dyn FnMut(&mut dyn FnMut() -> Result<()>) -> Result<()>,
+        body: &mut PrefillBody<'_>,
     ) -> Result<()> {
         (**self).with_prefill(ids, body)
     }
@@ -405,7 +408,7 @@ mod tests {
         fn with_prefill(
             &mut self,
             ids: &[u32],
-            body: &mut dyn FnMut(&mut dyn FnMut() -> Result<()>) -> Result<()>,
+            body: &mut PrefillBody<'_>,
         ) -> Result<()> {
             let mut calls = 0;
             let n = ids.len() as u32;

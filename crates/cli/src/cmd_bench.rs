@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use clap::Args;
 use peregrine_bench::{
     check_prefill_tokens, prepare_out_dir, read_prompt_file, render_table, run_matrix, seed_prompts, write_report,
-    BenchPlan, BenchReport, BenchTarget, ConfigSpec, Generation, GenerationLimit, ModelShape,
+    BenchPlan, BenchReport, BenchTarget, ConfigSpec, Generation, GenerationLimit, ModelShape, PrefillBody,
 };
 use peregrine_core::{Backend, Error, Result, SamplingParams};
 use peregrine_engine::{GenerateRequest, Session, Tokenizer};
@@ -333,7 +333,7 @@ impl<B: Backend> BenchTarget for EngineTarget<'_, B> {
     fn with_prefill(
         &mut self,
         ids: &[u32],
-        body: &mut dyn FnMut(&mut dyn FnMut() -> Result<()>) -> Result<()>,
+        body: &mut PrefillBody<'_>,
     ) -> Result<()> {
         let backend = self.backend;
         let mut session = Session::new(backend, &self.model, ids.len(), ids.len())?;

@@ -75,10 +75,10 @@ impl FormatSpec {
     /// The concrete format for a model with `config`: `auto` follows its quantization_config.
     fn resolve(&self, config: &FalconConfig, config_path: &std::path::Path) -> Result<(QuantKind, QuantOptions)> {
         if let Some(q) = self.quant {
-            return Ok((q, self.opts.clone()));
+            return Ok((q, self.opts));
         }
         match &config.quantization_config {
-            None => Ok((QuantKind::Bf16, self.opts.clone())),
+            None => Ok((QuantKind::Bf16, self.opts)),
             Some(v) => {
                 let bnb = peregrine_quant::BnbConfig::parse(v, config_path)?;
                 // Peregrine's int8 is weight-only unless --int8-threshold asks otherwise,
@@ -117,7 +117,7 @@ pub fn load_model<B: Backend>(backend: &B, spec: &str, fmt: &FormatSpec, dummy: 
         let (config, dir) = synthetic_config(spec)?;
         let quant = fmt.quant.unwrap_or(QuantKind::Bf16);
         preflight(backend, &config, quant, &fmt.opts, spec)?;
-        let mut source = RandomSource::new(quant, fmt.opts.clone(), 0x5eed, 0.02);
+        let mut source = RandomSource::new(quant, fmt.opts, 0x5eed, 0.02);
         let bar = progress(&config);
         let model = Falcon::load(backend, config, &mut source)?;
         backend.synchronize()?; // device-side generation is asynchronous: finish it inside the load time
@@ -129,7 +129,7 @@ pub fn load_model<B: Backend>(backend: &B, spec: &str, fmt: &FormatSpec, dummy: 
     let (quant, opts) = fmt.resolve(&config, &dir.join("config.json"))?;
     preflight(backend, &config, quant, &opts, spec)?;
     let bar = progress(&config);
-    let model = peregrine_models::load_checkpoint(backend, &dir, quant, opts.clone(), |name| {
+    let model = peregrine_models::load_checkpoint(backend, &dir, quant, opts, |name| {
         bar.set_message(name.to_string());
         bar.inc(1);
     })?;

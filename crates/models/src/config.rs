@@ -274,7 +274,7 @@ impl Resolver<'_> {
             Some(v) => v.as_f64().ok_or_else(|| self.err("rope_parameters.rope_theta", "expected a number"))?,
             None => self.f64_or("rope_theta", 10000.0)?,
         };
-        if !(theta > 0.0) {
+        if theta.is_nan() || theta <= 0.0 {
             return Err(self.err("rope_theta", format!("must be positive, found {theta}")));
         }
         let (field, scaling) = match (params, self.get(&["rope_scaling"])) {

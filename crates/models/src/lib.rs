@@ -3,6 +3,9 @@
 //! sources (checkpoint or synthetic), hub download, and the Falcon forward pass written
 //! once against the `Backend` trait.
 
+// `x % n == 0` stays: `is_multiple_of` needs Rust 1.87 and the workspace supports 1.85.
+#![allow(clippy::manual_is_multiple_of, unknown_lints)]
+
 pub mod checkpoint;
 pub mod config;
 pub mod falcon;
