@@ -322,6 +322,33 @@ pub trait Backend {
         Err(crate::Error::device(format!("{} does not replay recorded steps", self.name())))
     }
 
+    /// Perplexity figures of rows `first..first + targets.len()` of `logits` (rows of `vocab`)
+    /// against `targets`, and against the same rows of `reference` when given (see
+    /// `crate::scoring`). The default downloads the rows and scores them on the host; a GPU
+    /// backend may score on the device so that only the scores cross.
+    fn score_rows(
+        &self,
+        logits: &Self::Buf,
+        reference: Option<&Self::Buf>,
+        first: usize,
+        vocab: usize,
+        targets: &[u32],
+    ) -> Result<Vec<crate::scoring::RowScore>> {
+        let n = targets.len();
+        if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
+            return Err(crate::Error::input(format!("score_rows: target token {t} is outside the vocabulary of {vocab}")));
+        }
+        let rows = self.download(logits, first * vocab, n * vocab)?;
+        let refs = reference.map(|r| self.download(r, first * vocab, n * vocab)).transpose()?;
+        Ok((0..n)
+            .map(|i| {
+                let row = &rows[i * vocab..(i + 1) * vocab];
+                let r = refs.as_ref().map(|r| &r[i * vocab..(i + 1) * vocab]);
+                crate::scoring::score_row(row, r, targets[i])
+            })
+            .collect())
+    }
+
     /// Choose the next token from row `row` of `logits` (rows of `vocab`). The default
     /// downloads the row and samples on the host; a GPU backend may sample on the device
     /// so only the token crosses.

@@ -10,6 +10,7 @@ pub mod backend;
 pub mod dtype;
 pub mod error;
 pub mod sampling;
+pub mod scoring;
 pub mod tensor;
 pub mod weights;
 

@@ -16,6 +16,7 @@
 //! positions, N/K = linear out/in features.
 
 use half::bf16;
+use peregrine_core::scoring::RowScore;
 use peregrine_core::{AttentionParams, Backend, Epilogue, Error, HostTensor, LayerKv, LinearWeight, MemoryStats, QkvLayout, QuantKind, Result, RotaryParams};
 
 use std::sync::Mutex;
@@ -674,6 +675,35 @@ impl Backend for CudaBackend {
 
     fn reset_peak_memory(&self) {
         self.dev.mem.reset_peak()
+    }
+
+    fn score_rows(&self, logits: &CudaBuf, reference: Option<&CudaBuf>, first: usize, vocab: usize, targets: &[u32]) -> Result<Vec<RowScore>> {
+        let n = targets.len();
+        if let Some(&t) = targets.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::input(format!("score_rows: target token {t} is outside the vocabulary of {vocab}")));
+        }
+        check_len("score_rows", "logits", logits.len(), (first + n) * vocab)?;
+        if let Some(r) = reference {
+            check_len("score_rows", "reference logits", r.len(), (first + n) * vocab)?;
+        }
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let ids = self.upload_u32(targets)?;
+        let out = self.dev.alloc_uninit::<f32>(4 * n)?;
+        let a = Args::new().ptr(logits.ptr()).opt(reference.map(|r| r.ptr())).i64(first as i64).i32(as_i32("score_rows", "vocab", vocab)?);
+        let a = a.ptr(ids.ptr()).ptr(out.ptr());
+        // SAFETY: rows first..first+n of both buffers exist (checked), targets < vocab (checked), out holds 4n.
+        unsafe { self.dev.launch("score", "score_rows_bf16", Grid::new((as_i32("score_rows", "rows", n)? as u32, 1, 1), 256), a)? };
+        let v = self.dev.download(&out, 0, 4 * n)?;
+        Ok(v.chunks_exact(4)
+            .map(|s| RowScore {
+                target_logprob: s[0] as f64,
+                argmax: s[2].to_bits(),
+                kl: reference.map(|_| s[1] as f64),
+                ref_argmax: reference.map(|_| s[3].to_bits()),
+            })
+            .collect())
     }
 
     fn sample(&self, logits: &CudaBuf, row: usize, vocab: usize, sampler: &mut peregrine_core::sampling::Sampler, history: &[u32]) -> Result<u32> {

@@ -39,6 +39,7 @@ pub const SOURCES: &[KernelSource] = &[
     KernelSource { name: "gemv8", code: include_str!("../kernels/gemv8.cu") },
     KernelSource { name: "random", code: include_str!("../kernels/random.cu") },
     KernelSource { name: "sample", code: include_str!("../kernels/sample.cu") },
+    KernelSource { name: "score", code: include_str!("../kernels/score.cu") },
 ];
 
 /// NVRTC's version as (major, minor). Call only after `libs::nvrtc_present()`.

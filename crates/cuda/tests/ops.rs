@@ -241,3 +241,39 @@ fn memory_is_accounted() {
     println!("memory: peak {} bytes over the test; device {free} free of {total}", after.peak_bytes - before);
     assert!(free > 0 && total >= free);
 }
+
+/// f32 on the device against f64 on the host: log-probabilities agree to this (absolute, nats).
+const SCORE_LOGPROB_ABS: f64 = 1e-4;
+/// KL agrees to this relative error, plus 1e-6 absolute for near-zero divergences.
+const SCORE_KL_REL: f64 = 1e-3;
+
+#[test]
+fn score_rows_match_the_host_scoring() {
+    let Some(gpu) = cuda("score_rows_match_the_host_scoring") else { return };
+    let mut rng = Rng::new(31);
+    for vocab in [65024usize, 1000, 7] {
+        let (first, rows) = (2, 5);
+        let total = (first + rows) * vocab;
+        let x = rng.bf16_vec(total, 3.0);
+        // The reference: x plus noise, so the KL divergences are small but not zero.
+        let r: Vec<f32> = x.iter().map(|&v| round_bf16(v + 0.3 * rng.normal())).collect();
+        let targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u32)).collect();
+        let (gx, gr) = (gpu.upload(&x).unwrap(), gpu.upload(&r).unwrap());
+        for with_ref in [true, false] {
+            let got = gpu.score_rows(&gx, with_ref.then_some(&gr), first, vocab, &targets).unwrap();
+            for (i, g) in got.iter().enumerate() {
+                let row = &x[(first + i) * vocab..(first + i + 1) * vocab];
+                let reference = with_ref.then(|| &r[(first + i) * vocab..(first + i + 1) * vocab]);
+                let want = peregrine_core::scoring::score_row(row, reference, targets[i]);
+                let tag = format!("score_rows V={vocab} row {i} reference {with_ref}");
+                assert!((g.target_logprob - want.target_logprob).abs() < SCORE_LOGPROB_ABS, "{tag}: {g:?} vs {want:?}");
+                assert_eq!((g.argmax, g.ref_argmax), (want.argmax, want.ref_argmax), "{tag}");
+                if let (Some(a), Some(b)) = (g.kl, want.kl) {
+                    assert!((a - b).abs() <= 1e-6 + SCORE_KL_REL * b, "{tag}: KL {a} vs {b}");
+                }
+                assert_eq!(g.kl.is_some(), with_ref, "{tag}");
+            }
+            println!("score_rows V={vocab} reference {with_ref}: {} rows agree with the host", got.len());
+        }
+    }
+}

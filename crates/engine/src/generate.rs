@@ -336,14 +336,24 @@ impl<B: Backend> AllLogits<B> {
 
     /// Logits of every position of `ids` from one forward: (T, V) row-major.
     pub fn run(&mut self, backend: &B, model: &Falcon<B>, ids: &[u32]) -> Result<Vec<f32>> {
+        self.forward(backend, model, ids)?;
+        backend.download(&self.ws.logits, 0, ids.len() * model.config.vocab_size)
+    }
+
+    /// One forward of `ids` from position 0, leaving the (T, V) logits on the backend (`logits`).
+    pub fn forward(&mut self, backend: &B, model: &Falcon<B>, ids: &[u32]) -> Result<()> {
         let t = ids.len();
         if t == 0 || t > self.tokens {
             return Err(Error::input(format!("{t} ids for buffers sized for 1..={}", self.tokens)));
         }
         self.cache.clear();
         let positions: Vec<u32> = (0..t as u32).collect();
-        model.forward(backend, ids, &positions, &mut self.cache, &mut self.ws, LogitRows::All)?;
-        backend.download(&self.ws.logits, 0, t * model.config.vocab_size)
+        model.forward(backend, ids, &positions, &mut self.cache, &mut self.ws, LogitRows::All)
+    }
+
+    /// The logits the last `forward` left, (T, V) row-major.
+    pub fn logits(&self) -> &B::Buf {
+        &self.ws.logits
     }
 }
 

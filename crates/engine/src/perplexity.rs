@@ -1,17 +1,19 @@
 //! Quality of a quantization: perplexity over windows of a text, and against a reference
 //! configuration the KL divergence of the next-token distributions (mean and 99th
 //! percentile) and how often the top token agrees, as llama.cpp's
-//! `perplexity --kl-divergence` reports them.
+//! `perplexity --kl-divergence` reports them. Each row is scored by `Backend::score_rows` (on
+//! the device where the backend can), so full logits need not cross to the host.
 //!
 //! Windows: window k covers tokens [k*stride, k*stride + ctx). The first window scores every
 //! token after its first; later windows score only their last `stride` tokens (those no
 //! earlier window scored), so with the default stride = ctx every window is independent.
 //! A partial window at the end is dropped. All configurations run window by window in
-//! lockstep, so the reference logits never need to be stored.
+//! lockstep: the reference's logits of the current window stay in its own workspace while the
+//! others are scored against them.
 
+use peregrine_core::scoring::RowScore;
 use peregrine_core::{Backend, Error, Result};
 use peregrine_models::Falcon;
-use rayon::prelude::*;
 
 use crate::generate::AllLogits;
 
@@ -83,32 +85,26 @@ pub fn quality_report<B: Backend>(
     let mut runners = models.iter().map(|(_, m)| AllLogits::new(backend, m, plan.ctx)).collect::<Result<Vec<_>>>()?;
     for (w, &s) in starts.iter().enumerate() {
         let window = &tokens[s..s + plan.ctx];
-        let targets = &window[plan.first_scored(w) + 1..];
-        let mut reference: Option<Vec<Vec<f32>>> = None;
+        let first = plan.first_scored(w);
+        let targets = &window[first + 1..];
         for (i, (_, model)) in models.iter().enumerate() {
-            let logits = runners[i].run(backend, model, window)?;
-            let v = model.config.vocab_size;
-            let rows: Vec<Vec<f32>> = logits.chunks(v).skip(plan.first_scored(w)).take(targets.len()).map(log_softmax).collect();
-            score(&rows, targets, reference.as_deref(), &mut acc[i]);
-            if i == 0 {
-                reference = Some(rows);
-            }
+            runners[i].forward(backend, model, window)?;
+            let reference = (i > 0).then(|| runners[0].logits());
+            let scores = backend.score_rows(runners[i].logits(), reference, first, model.config.vocab_size, targets)?;
+            score(&scores, &mut acc[i]);
         }
         progress(w + 1, starts.len());
     }
     Ok(models.iter().zip(acc).enumerate().map(|(i, ((label, _), a))| finish(label, a, i == 0)).collect())
 }
 
-fn score(rows: &[Vec<f32>], targets: &[u32], reference: Option<&[Vec<f32>]>, acc: &mut Accum) {
-    for (row, &t) in rows.iter().zip(targets) {
-        acc.nll -= row[t as usize] as f64;
+fn score(scores: &[RowScore], acc: &mut Accum) {
+    for s in scores {
+        acc.nll -= s.target_logprob;
         acc.count += 1;
-    }
-    if let Some(r) = reference {
-        let kls: Vec<(f32, bool)> = rows.par_iter().zip(r).map(|(q, p)| (kl(p, q), argmax(p) == argmax(q))).collect();
-        for (k, same) in kls {
-            acc.kl.push(k);
-            acc.agree += same as usize;
+        if let (Some(kl), Some(r)) = (s.kl, s.ref_argmax) {
+            acc.kl.push(kl as f32);
+            acc.agree += (s.argmax == r) as usize;
         }
     }
 }
@@ -138,18 +134,10 @@ pub fn log_softmax(row: &[f32]) -> Vec<f32> {
     row.iter().map(|&x| (x as f64 - lse) as f32).collect()
 }
 
-/// KL(p || q) from log-probabilities.
-fn kl(logp: &[f32], logq: &[f32]) -> f32 {
-    logp.iter().zip(logq).map(|(&lp, &lq)| (lp as f64).exp() * (lp - lq) as f64).sum::<f64>().max(0.0) as f32
-}
-
-fn argmax(v: &[f32]) -> usize {
-    peregrine_core::sampling::argmax(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use peregrine_core::scoring::score_row;
 
     #[test]
     fn windows_cover_the_text_without_overlap_by_default() {
@@ -168,9 +156,10 @@ mod tests {
 
     #[test]
     fn kl_of_identical_distributions_is_zero() {
-        let p = log_softmax(&[1.0, 2.0, 3.0]);
-        assert!(kl(&p, &p).abs() < 1e-7);
-        let q = log_softmax(&[3.0, 2.0, 1.0]);
-        assert!(kl(&p, &q) > 0.1);
+        let p = [1.0, 2.0, 3.0];
+        assert!(score_row(&p, Some(&p), 0).kl.unwrap().abs() < 1e-12);
+        assert!(score_row(&p, Some(&[3.0, 2.0, 1.0]), 0).kl.unwrap() > 0.1);
+        let lp = log_softmax(&p);
+        assert!((score_row(&p, None, 1).target_logprob - lp[1] as f64).abs() < 1e-6);
     }
 }
