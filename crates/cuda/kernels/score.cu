@@ -1,12 +1,14 @@
 // score.cu: the perplexity figures of rows of bf16 logits on the device, so that only four
 // numbers a row cross to the host (peregrine_core::scoring computes the same in f64 on the host).
 // Kernels:
-//   score_rows_bf16(logits (rows, V), ref (rows, V) or null, first, V, targets (R), out (R, 4) f32)
+//   score_rows_bf16(logits (rows, V), ref (rows, V) or null, first, V, targets (R), out (R, 4) f64)
 //     grid (R), 256 threads; block r scores logits row first + r against targets[r]:
-//     out[r] = { log p(target), KL(ref || row) (0 without ref), argmax, ref argmax } with the two
-//     argmaxes stored as u32 bit patterns (lowest index among equal maxima, as the host's).
-// Arithmetic: f32; max first, then sums of exp(x - max), so nothing overflows; three passes over
-// the row (L2-resident after the first). Assumptions: targets < V (checked on the host).
+//     out[r] = { log p(target), KL(ref || row) (0 without ref), argmax, ref argmax } (the argmaxes
+//     are exact in f64; lowest index among equal maxima, as the host's).
+// Arithmetic: each exponential in f32, every sum and the log-sum-exp in f64 (as the host's f64
+// scoring: perplexities over 10^5 tokens then agree to the 4th decimal); max first, then sums of
+// exp(x - max), so nothing overflows; three passes over the row (L2-resident after the first).
+// Assumptions: targets < V (checked on the host).
 #include "prelude.cuh"
 
 struct ArgMax {
@@ -41,40 +43,54 @@ __device__ ArgMax row_argmax(const bf16* row, int n, float* sv, int* si) {
     return block_argmax(m, sv, si);
 }
 
+/// Sum over the block in f64; every thread gets it. `scratch` holds 32 doubles. Contains barriers.
+__device__ double block_sum_f64(double v, double* scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    double total = 0.0;
+    for (int w = 0; w < nwarps; w++) total += scratch[w];
+    return total;
+}
+
 /// log sum exp of a row whose maximum is `mx`.
-__device__ float row_lse(const bf16* row, int n, float mx, float* scratch) {
-    float s = 0.f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s += expf(bf2f(row[i]) - mx);
-    return mx + logf(block_sum(s, scratch));
+__device__ double row_lse(const bf16* row, int n, float mx, double* scratch) {
+    double s = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += (double)expf(bf2f(row[i]) - mx);
+    return (double)mx + log(block_sum_f64(s, scratch));
 }
 
 extern "C" __global__ void score_rows_bf16(const bf16* __restrict__ logits, const bf16* __restrict__ ref, i64 first,
-                                           int vocab, const u32* __restrict__ targets, float* __restrict__ out) {
+                                           int vocab, const u32* __restrict__ targets, double* __restrict__ out) {
     PDL_WAIT();
-    __shared__ float sv[32], scratch[32];
+    __shared__ float sv[32];
     __shared__ int si[32];
+    __shared__ double scratch[32];
     const i64 r = blockIdx.x;
     const bf16* x = logits + (first + r) * vocab;
     const ArgMax mx = row_argmax(x, vocab, sv, si);
-    const float lse = row_lse(x, vocab, mx.v, scratch);
-    float kl = 0.f;
+    const double lse = row_lse(x, vocab, mx.v, scratch);
+    double kl = 0.0;
     int ref_arg = 0;
     if (ref != nullptr) {
         const bf16* p = ref + (first + r) * vocab;
         const ArgMax mr = row_argmax(p, vocab, sv, si);
-        const float lse_r = row_lse(p, vocab, mr.v, scratch);
-        float s = 0.f;
+        const double lse_r = row_lse(p, vocab, mr.v, scratch);
+        double s = 0.0;
         for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-            const float lp = bf2f(p[i]) - lse_r;
-            s += expf(lp) * (lp - (bf2f(x[i]) - lse));
+            const double lp = (double)bf2f(p[i]) - lse_r;
+            s += exp(lp) * (lp - ((double)bf2f(x[i]) - lse));
         }
-        kl = fmaxf(block_sum(s, scratch), 0.f);
+        kl = fmax(block_sum_f64(s, scratch), 0.0);
         ref_arg = mr.i;
     }
     if (threadIdx.x == 0) {
-        out[4 * r] = bf2f(x[targets[r]]) - lse;
+        out[4 * r] = (double)bf2f(x[targets[r]]) - lse;
         out[4 * r + 1] = kl;
-        out[4 * r + 2] = __uint_as_float((u32)mx.i);
-        out[4 * r + 3] = __uint_as_float((u32)ref_arg);
+        out[4 * r + 2] = (double)mx.i;
+        out[4 * r + 3] = (double)ref_arg;
     }
 }

@@ -690,7 +690,7 @@ impl Backend for CudaBackend {
             return Ok(Vec::new());
         }
         let ids = self.upload_u32(targets)?;
-        let out = self.dev.alloc_uninit::<f32>(4 * n)?;
+        let out = self.dev.alloc_uninit::<f64>(4 * n)?;
         let a = Args::new().ptr(logits.ptr()).opt(reference.map(|r| r.ptr())).i64(first as i64).i32(as_i32("score_rows", "vocab", vocab)?);
         let a = a.ptr(ids.ptr()).ptr(out.ptr());
         // SAFETY: rows first..first+n of both buffers exist (checked), targets < vocab (checked), out holds 4n.
@@ -698,10 +698,10 @@ impl Backend for CudaBackend {
         let v = self.dev.download(&out, 0, 4 * n)?;
         Ok(v.chunks_exact(4)
             .map(|s| RowScore {
-                target_logprob: s[0] as f64,
-                argmax: s[2].to_bits(),
-                kl: reference.map(|_| s[1] as f64),
-                ref_argmax: reference.map(|_| s[3].to_bits()),
+                target_logprob: s[0],
+                argmax: s[2] as u32,
+                kl: reference.map(|_| s[1]),
+                ref_argmax: reference.map(|_| s[3] as u32),
             })
             .collect())
     }
