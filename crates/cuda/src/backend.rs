@@ -313,7 +313,8 @@ fn vec_layer_norm_fits(dim: usize) -> bool {
 
 impl CudaBackend {
     /// LayerNorm of `rows` rows of x into `out_a` and, when given, with a second (weight, bias)
-    /// into a second output, sharing the statistics (the vector kernel), or the generic kernel.
+    /// into a second output: one pass sharing the statistics (the register kernel), or the
+    /// generic kernel once per output for rows that do not fit registers.
     #[allow(clippy::too_many_arguments)]
     fn layer_norms(&self, x: &CudaBuf, rows: usize, dim: usize, norm_a: (&CudaBuf, &CudaBuf), eps: f32, out_a: u64, b: Option<((&CudaBuf, &CudaBuf), u64)>) -> Result<()> {
         check_len("layer_norm", "x", x.len(), rows * dim)?;
@@ -327,9 +328,13 @@ impl CudaBackend {
             return Ok(());
         }
         if !vec_layer_norm_fits(dim) {
-            let a = Args::new().ptr(x.ptr()).ptr(norm_a.0.ptr()).ptr(norm_a.1.ptr()).ptr(out_a).i32(dim_i).f32(eps);
-            // SAFETY: lengths checked above (out by the callers); one block per row.
-            return unsafe { self.dev.launch("layernorm", "layernorm_bf16", Grid::new((rows_i as u32, 1, 1), 256).with_pdl(), a) };
+            // The generic kernel, once per output.
+            for ((w, bias), out) in std::iter::once((norm_a, out_a)).chain(b) {
+                let a = Args::new().ptr(x.ptr()).ptr(w.ptr()).ptr(bias.ptr()).ptr(out).i32(dim_i).f32(eps);
+                // SAFETY: lengths checked above (outputs by the callers); one block per row.
+                unsafe { self.dev.launch("layernorm", "layernorm_bf16", Grid::new((rows_i as u32, 1, 1), 256).with_pdl(), a)? };
+            }
+            return Ok(());
         }
         let threads = (dim / 8).div_ceil(LN_VPT).div_ceil(32).clamp(1, 32) * 32;
         let ((w_b, b_b), out_b) = b.map_or(((0, 0), 0), |((w, bias), o)| ((w.ptr(), bias.ptr()), o));
@@ -359,6 +364,8 @@ impl CudaBackend {
         as_i32("sample", "history length", history.len())?;
         let r = if p.is_greedy() { 0.0 } else { sampler.next_uniform() };
         let top_k = if p.top_k > 0 && p.top_k < vocab { p.top_k } else { vocab };
+        // Only the repetition penalty reads the history: without it nothing is copied per token.
+        let history = if p.repetition_penalty != 1.0 { history } else { &[] };
         // Scratch: history (len), then keys (vocab), then the token (1).
         let base = self.scratch(&self.sample_scratch, history.len() + vocab + 1)?;
         let (keys, out) = (base + 4 * history.len() as u64, base + 4 * (history.len() + vocab) as u64);
@@ -499,10 +506,6 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         check_len("layer_norm", "out", out_a.len(), rows * dim)?;
         check_len("layer_norm", "out", out_b.len(), rows * dim)?;
-        if !vec_layer_norm_fits(dim) {
-            self.layer_norm(x, rows, dim, norm_a.0, norm_a.1, eps, out_a)?;
-            return self.layer_norm(x, rows, dim, norm_b.0, norm_b.1, eps, out_b);
-        }
         self.layer_norms(x, rows, dim, norm_a, eps, out_a.ptr(), Some((norm_b, out_b.ptr())))
     }
 

@@ -327,28 +327,18 @@ impl Device {
     /// A buffer holding `values`.
     pub fn upload<T: DeviceRepr>(&self, values: &[T]) -> Result<DeviceBuffer<T>> {
         let buf = self.alloc_uninit::<T>(values.len())?;
-        self.bind()?;
-        if !values.is_empty() {
-            // SAFETY: the destination holds at least values.len() elements; pageable source memory
-            // is staged before the call returns, so `values` may be dropped afterwards.
-            unsafe { drv::memcpy_htod_async(buf.ptr(), values, self.stream.cu_stream()) }
-                .map_err(drv_err("host-to-device copy"))?;
-        }
+        self.write(&buf, values)?;
         Ok(buf)
     }
 
-    /// Copy `values` into the start of `buf` (queued on the stream; the host values are staged
-    /// before this returns).
+    /// Copy `values` into the start of `buf` (queued on the stream; pageable host values are
+    /// staged before this returns, so they may be dropped afterwards).
     pub fn write<T: DeviceRepr>(&self, buf: &DeviceBuffer<T>, values: &[T]) -> Result<()> {
         if values.len() > buf.len() {
             return Err(Error::device(format!("write of {} values into a buffer of {}", values.len(), buf.len())));
         }
-        self.bind()?;
-        if !values.is_empty() {
-            // SAFETY: the destination holds at least values.len() elements (checked above).
-            unsafe { drv::memcpy_htod_async(buf.ptr(), values, self.stream.cu_stream()) }.map_err(drv_err("host-to-device copy"))?;
-        }
-        Ok(())
+        // SAFETY: the destination holds at least values.len() elements (checked above).
+        unsafe { self.write_raw(buf.ptr(), values) }
     }
 
     /// Copy `values` to the device address `dst` (queued; the host values are staged first).

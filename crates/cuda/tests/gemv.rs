@@ -10,7 +10,7 @@
 mod common;
 
 use common::*;
-use peregrine_core::{Backend, Epilogue, LinearWeight, QuantKind};
+use peregrine_core::{Backend, LinearWeight, QuantKind};
 use peregrine_quant::QuantOptions;
 
 /// (label, N, K): the shape classes.
@@ -21,12 +21,6 @@ const SHAPES: [(&str, usize, usize); 5] = [
     ("many groups a block", 2100, 256),
     ("square 1024", 1024, 1024),
 ];
-
-/// The epilogue and bias used for activation row count `t` (all combinations appear over 1..=8).
-fn epilogue_for(t: usize) -> (Epilogue, bool) {
-    let epi = [Epilogue::Store, Epilogue::Gelu, Epilogue::Accumulate][t % 3];
-    (epi, t % 2 == 1)
-}
 
 /// The weight of `kind` for (n, k): bf16 Dense, or int8 without threshold (weight-only).
 fn weight(rng: &mut Rng, kind: QuantKind, n: usize, k: usize) -> LinearWeight {
@@ -46,20 +40,7 @@ fn gemv_matches_cpu(kind: QuantKind, seed: u64) {
         let lw = weight(&mut rng, kind, n, k);
         let (gw, cw) = (gpu.load_linear(lw.clone()).unwrap(), cpu.load_linear(lw.clone()).unwrap());
         assert_eq!(gpu.linear_bytes(&gw), lw.stored_bytes(), "{label}: resident bytes differ from the format's");
-        let bias = rng.bf16_vec(n, 0.1);
-        let (gb, cb) = (gpu.upload(&bias).unwrap(), cpu.upload(&bias).unwrap());
-        for t in 1..=peregrine_cuda::linear::GEMV_MAX_ROWS {
-            let (epi, with_bias) = epilogue_for(t);
-            let x = rng.bf16_vec(t * k, 1.0);
-            // Accumulate adds onto what out holds; the other epilogues must overwrite the NaNs.
-            let start = if epi == Epilogue::Accumulate { rng.bf16_vec(t * n, 1.0) } else { vec![f32::NAN; t * n] };
-            let mut go = gpu.upload(&start).unwrap();
-            gpu.linear_fused(&gpu.upload(&x).unwrap(), t, &gw, with_bias.then_some(&gb), epi, &mut go).unwrap();
-            let mut co = cpu.upload(&start).unwrap();
-            cpu.linear_fused(&cpu.upload(&x).unwrap(), t, &cw, with_bias.then_some(&cb), epi, &mut co).unwrap();
-            let name = format!("gemv {kind} {label} ({n}x{k}) T={t} {epi:?} bias={with_bias}");
-            check(&name, &gpu.download(&go, 0, t * n).unwrap(), &co[..t * n], TOL_BF16);
-        }
+        check_gemv_rows(&gpu, &cpu, &mut rng, &gw, &cw, (n, k), &format!("gemv {kind} {label}"));
     }
 }
 

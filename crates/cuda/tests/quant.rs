@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use peregrine_core::{Backend, Epilogue, LinearWeight, QuantKind};
+use peregrine_core::{Backend, LinearWeight, QuantKind};
 use peregrine_cuda::{synthetic, SyntheticOptions};
 use peregrine_quant::QuantOptions;
 
@@ -179,12 +179,6 @@ fn four_bit_cases() -> Vec<(&'static str, usize, usize, QuantKind, QuantOptions)
     ]
 }
 
-/// The epilogue and bias used for activation row count `t` (all combinations appear over 1..=8).
-fn epilogue_for(t: usize) -> (Epilogue, bool) {
-    let epi = [Epilogue::Store, Epilogue::Gelu, Epilogue::Accumulate][t % 3];
-    (epi, t % 2 == 1)
-}
-
 /// The 4-bit decode GEMV against the CPU backend (peregrine_quant's bitsandbytes matmul) for every
 /// T in 1..=8 and every epilogue, with and without bias; also: resident bytes are the format's,
 /// and the weight comes back from the device in bitsandbytes' layout byte for byte. Tolerance:
@@ -204,19 +198,6 @@ fn four_bit_gemv_matches_the_oracle() {
         let (LinearWeight::FourBit(back), LinearWeight::FourBit(orig)) = (gpu.linear_to_host(&gw).unwrap(), &lw) else { unreachable!() };
         assert!(back.packed == orig.packed, "{label}: packed bytes do not round-trip through the device layout");
         assert_eq!(peregrine_quant::blockwise::restore_absmax(&back.absmax), peregrine_quant::blockwise::restore_absmax(&orig.absmax), "{label}: scales do not round-trip");
-        let bias = rng.bf16_vec(n, 0.1);
-        let (gb, cb) = (gpu.upload(&bias).unwrap(), cpu.upload(&bias).unwrap());
-        for t in 1..=peregrine_cuda::linear::GEMV_MAX_ROWS {
-            let (epi, with_bias) = epilogue_for(t);
-            let x = rng.bf16_vec(t * k, 1.0);
-            // Accumulate adds onto what out holds; the other epilogues must overwrite the NaNs.
-            let start = if epi == Epilogue::Accumulate { rng.bf16_vec(t * n, 1.0) } else { vec![f32::NAN; t * n] };
-            let mut go = gpu.upload(&start).unwrap();
-            gpu.linear_fused(&gpu.upload(&x).unwrap(), t, &gw, with_bias.then_some(&gb), epi, &mut go).unwrap();
-            let mut co = cpu.upload(&start).unwrap();
-            cpu.linear_fused(&cpu.upload(&x).unwrap(), t, &cw, with_bias.then_some(&cb), epi, &mut co).unwrap();
-            let name = format!("gemv4 {label} ({n}x{k}) T={t} {epi:?} bias={with_bias}");
-            check(&name, &gpu.download(&go, 0, t * n).unwrap(), &co[..t * n], TOL_BF16);
-        }
+        check_gemv_rows(&gpu, &cpu, &mut rng, &gw, &cw, (n, k), &format!("gemv4 {label}"));
     }
 }

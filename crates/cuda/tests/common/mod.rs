@@ -3,7 +3,7 @@
 //! (max |diff| and ||out - ref|| / ||ref|| per op, asserted against a named tolerance).
 #![allow(dead_code)]
 
-use peregrine_core::{Backend, DType, HostTensor};
+use peregrine_core::{Backend, DType, Epilogue, HostTensor};
 use peregrine_cpu::CpuBackend;
 use peregrine_cuda::{driver_available, CudaBackend};
 
@@ -99,4 +99,38 @@ pub fn check(op: &str, got: &[f32], want: &[f32], tol: f64) -> (f64, f64) {
     println!("| {op:<44} | max diff {max:>10.3e} | rel err {rel:>10.3e} | tol {tol:.0e} |");
     assert!(rel <= tol, "{op}: relative error {rel:.3e} > {tol:.0e} (max diff {max:.3e})");
     (max, rel)
+}
+
+/// The epilogue and bias used for activation row count `t` (all combinations appear over 1..=8).
+pub fn epilogue_for(t: usize) -> (Epilogue, bool) {
+    let epi = [Epilogue::Store, Epilogue::Gelu, Epilogue::Accumulate][t % 3];
+    (epi, t % 2 == 1)
+}
+
+/// A loaded (n, k) linear on both backends against each other for T = 1..=GEMV_MAX_ROWS activation
+/// rows, each T with its epilogue and bias (`epilogue_for`), fresh random inputs, within TOL_BF16.
+/// Accumulate starts from random values; the other epilogues from NaNs they must overwrite.
+#[allow(clippy::too_many_arguments)]
+pub fn check_gemv_rows(
+    gpu: &CudaBackend,
+    cpu: &CpuBackend,
+    rng: &mut Rng,
+    gw: &<CudaBackend as Backend>::Linear,
+    cw: &<CpuBackend as Backend>::Linear,
+    (n, k): (usize, usize),
+    label: &str,
+) {
+    let bias = rng.bf16_vec(n, 0.1);
+    let (gb, cb) = (gpu.upload(&bias).unwrap(), cpu.upload(&bias).unwrap());
+    for t in 1..=peregrine_cuda::linear::GEMV_MAX_ROWS {
+        let (epi, with_bias) = epilogue_for(t);
+        let x = rng.bf16_vec(t * k, 1.0);
+        let start = if epi == Epilogue::Accumulate { rng.bf16_vec(t * n, 1.0) } else { vec![f32::NAN; t * n] };
+        let mut go = gpu.upload(&start).unwrap();
+        gpu.linear_fused(&gpu.upload(&x).unwrap(), t, gw, with_bias.then_some(&gb), epi, &mut go).unwrap();
+        let mut co = cpu.upload(&start).unwrap();
+        cpu.linear_fused(&cpu.upload(&x).unwrap(), t, cw, with_bias.then_some(&cb), epi, &mut co).unwrap();
+        let name = format!("{label} ({n}x{k}) T={t} {epi:?} bias={with_bias}");
+        check(&name, &gpu.download(&go, 0, t * n).unwrap(), &co[..t * n], TOL_BF16);
+    }
 }
