@@ -215,8 +215,7 @@ __device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, const 
 // grid (T, H), threads over Hd. Splits past positions[t] have m = -inf and weigh nothing.
 extern "C" __global__ void attention_combine_bf16(const float* __restrict__ part_o, const float* __restrict__ part_ml,
                                                   bf16* __restrict__ out, int n_head, int head_dim, int S) {
-    PDL_WAIT();
-    PDL_TRIGGER();
+    PDL_ENTER();
     const int t = blockIdx.x, h = blockIdx.y;
     const i64 base = ((i64)t * n_head + h) * S;
     float M = NEG_INF;
@@ -431,22 +430,19 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
     extern "C" __global__ void __launch_bounds__(PF_THREADS) attention_prefill_bf16_hd##HD(              \
         const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const u32* positions, const float* slopes, \
         bf16* out, int T, int n_head, int n_kv, int row_width, float scale) {                              \
-        PDL_WAIT();                                                                                      \
-        PDL_TRIGGER();                                                                                   \
+        PDL_ENTER();                                                                                   \
         prefill_body<HD>(qkv, k_cache, v_cache, positions, slopes, out, T, n_head, n_kv, row_width, scale); \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) attention_decode_bf16_hd##HD(           \
         const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const u32* positions, const float* slopes, \
         float* part_o, float* part_ml, bf16* out, int n_head, int n_kv, int row_width, float scale) {      \
-        PDL_WAIT();                                                                                      \
-        PDL_TRIGGER();                                                                                   \
+        PDL_ENTER();                                                                                   \
         decode_body<HD>(qkv, k_cache, v_cache, positions, slopes, part_o, part_ml, out, n_head, n_kv, row_width, scale); \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(128) attention_prefill_tc_bf16_hd##HD(                    \
         const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const u32* positions, const float* slopes, \
         bf16* out, int T, int n_head, int n_kv, int row_width, float scale) {                              \
-        PDL_WAIT();                                                                                      \
-        PDL_TRIGGER();                                                                                   \
+        PDL_ENTER();                                                                                   \
         prefill_tc_body<HD>(qkv, k_cache, v_cache, positions, slopes, out, T, n_head, n_kv, row_width, scale); \
     }
 
@@ -461,8 +457,7 @@ extern "C" __global__ void attention_generic_bf16(const bf16* __restrict__ qkv, 
                                                   const bf16* __restrict__ v_cache, const u32* __restrict__ positions,
                                                   const float* __restrict__ slopes, bf16* __restrict__ out, int n_head,
                                                   int n_kv, int hd, int row_width, float scale) {
-    PDL_WAIT();
-    PDL_TRIGGER();
+    PDL_ENTER();
     extern __shared__ float gsm[];
     const int t = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
     const int qpk = n_head / n_kv, g = h / qpk;

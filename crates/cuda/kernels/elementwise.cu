@@ -12,8 +12,7 @@
 
 extern "C" __global__ void embedding_bf16(const bf16* __restrict__ table, const u32* __restrict__ ids,
                                           bf16* __restrict__ out, int dim) {
-    PDL_WAIT();
-    PDL_TRIGGER();
+    PDL_ENTER();
     const int t = blockIdx.x;
     const bf16* src = table + (i64)ids[t] * dim;
     bf16* dst = out + (i64)t * dim;
@@ -25,8 +24,7 @@ __device__ __forceinline__ float gelu_erf(float v) { return 0.5f * v * (1.0f + e
 // Eight values per 16-byte word where x is 16-byte aligned (the prefill's (T, F) MLP buffer), then
 // the tail one by one.
 extern "C" __global__ void gelu_bf16(bf16* __restrict__ x, i64 n) {
-    PDL_WAIT();
-    PDL_TRIGGER();
+    PDL_ENTER();
     const i64 first = blockIdx.x * (i64)blockDim.x + threadIdx.x, stride = (i64)gridDim.x * blockDim.x;
     const i64 words = (reinterpret_cast<u64>(x) % 16 == 0) ? n / 8 : 0;
     uint4* xw = reinterpret_cast<uint4*>(x);
@@ -42,16 +40,14 @@ extern "C" __global__ void gelu_bf16(bf16* __restrict__ x, i64 n) {
 }
 
 extern "C" __global__ void add_bf16(bf16* __restrict__ dst, const bf16* __restrict__ src, i64 n) {
-    PDL_WAIT();
-    PDL_TRIGGER();
+    PDL_ENTER();
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
         dst[i] = f2bf(bf2f(dst[i]) + bf2f(src[i]));
     }
 }
 
 extern "C" __global__ void add_bias_bf16(bf16* __restrict__ out, const bf16* __restrict__ bias, i64 rows, int n) {
-    PDL_WAIT();
-    PDL_TRIGGER();
+    PDL_ENTER();
     const i64 total = rows * n;
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
         out[i] = f2bf(bf2f(out[i]) + bf2f(bias[i % n]));

@@ -10,8 +10,7 @@
 
 extern "C" __global__ void layernorm_bf16(const bf16* __restrict__ x, const bf16* __restrict__ weight,
                                           const bf16* __restrict__ bias, bf16* out, int dim, float eps) {
-    PDL_WAIT();
-    PDL_TRIGGER();
+    PDL_ENTER();
     __shared__ float scratch[32];
     const bf16* xr = x + (i64)blockIdx.x * dim;
     bf16* orow = out + (i64)blockIdx.x * dim;
@@ -42,8 +41,7 @@ extern "C" __global__ void layernorm2_vec_bf16(const bf16* __restrict__ x, const
                                                const bf16* __restrict__ b1, bf16* out1,
                                                const bf16* __restrict__ w2, const bf16* __restrict__ b2,
                                                bf16* out2, int dim, float eps) {
-    PDL_WAIT();
-    PDL_TRIGGER();
+    PDL_ENTER();
     __shared__ float scratch[32];
     const int words = dim / 8;
     const uint4* xr = reinterpret_cast<const uint4*>(x + (i64)blockIdx.x * dim);

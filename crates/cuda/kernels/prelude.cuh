@@ -26,6 +26,14 @@ typedef long long i64;
 #define PDL_TRIGGER()
 #endif
 
+// PDL_ENTER(): the entry of a programmatic dependent: wait for the previous kernel, then let the
+// next one be scheduled. (Triggering before the wait was measured slower: crates/cuda/NOTES.md.)
+#define PDL_ENTER() \
+    do {            \
+        PDL_WAIT();    \
+        PDL_TRIGGER(); \
+    } while (0)
+
 #define FULL_MASK 0xffffffffu
 #define NEG_INF (-__int_as_float(0x7f800000))
 

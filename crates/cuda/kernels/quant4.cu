@@ -546,8 +546,7 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
     __syncthreads();
     // Programmatic dependent launch (Grid::with_pdl): the first weights and the table above never
     // depend on the previous kernel; x (and out, for Accumulate) do, so wait here.
-    PDL_WAIT();
-    PDL_TRIGGER();
+    PDL_ENTER();
     auto run = [&](T4Stage<NT, RT>& cur, T4Stage<NT, RT>& nxt, int it) {
         u32 xw[U][8];
         load_x(xw);

@@ -14,8 +14,7 @@
 
 extern "C" __global__ void rotary_bf16(bf16* __restrict__ qkv, const u32* __restrict__ positions, int n_head,
                                        int n_kv, int head_dim, int row_width, float theta, float position_scale) {
-    PDL_WAIT();
-    PDL_TRIGGER();
+    PDL_ENTER();
     const int t = blockIdx.x, hh = blockIdx.y;
     const int qpk = n_head / n_kv;
     int off;
@@ -42,8 +41,7 @@ extern "C" __global__ void rotary_bf16(bf16* __restrict__ qkv, const u32* __rest
 extern "C" __global__ void append_kv_bf16(const bf16* __restrict__ qkv, const u32* __restrict__ positions,
                                           bf16* __restrict__ k_cache, bf16* __restrict__ v_cache, int n_head,
                                           int n_kv, int head_dim, int row_width) {
-    PDL_WAIT();
-    PDL_TRIGGER();
+    PDL_ENTER();
     const int t = blockIdx.x, g = blockIdx.y;
     const int qpk = n_head / n_kv;
     const bf16* k = qkv + (i64)t * row_width + (g * (qpk + 2) + qpk) * head_dim;
@@ -62,8 +60,7 @@ extern "C" __global__ void rotary_append_bf16(bf16* __restrict__ qkv, const u32*
                                               bf16* __restrict__ k_cache, bf16* __restrict__ v_cache, int n_head,
                                               int n_kv, int head_dim, int row_width, float theta,
                                               float position_scale) {
-    PDL_WAIT();
-    PDL_TRIGGER();
+    PDL_ENTER();
     const int t = blockIdx.x, hh = blockIdx.y;
     const int qpk = n_head / n_kv;
     const bool is_k = hh >= n_head;

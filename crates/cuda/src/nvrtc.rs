@@ -67,7 +67,16 @@ pub fn compile_options(arch: u32, include: Option<&Path>) -> Vec<String> {
     if std::env::var_os("PEREGRINE_NVRTC_VERBOSE").is_some() {
         opts.push("--ptxas-options=-v".to_string());
     }
+    opts.extend(lab_defines());
     opts
+}
+
+/// `-D` options from `$PEREGRINE_NVRTC_DEFINES` (whitespace-separated `NAME` or `NAME=VALUE`): the
+/// way to try a compile-time alternative of a kernel on the device without a rebuild
+/// (scripts/decode_variants.sh). They enter the cache key like every other option.
+fn lab_defines() -> Vec<String> {
+    let Some(v) = std::env::var_os("PEREGRINE_NVRTC_DEFINES") else { return Vec::new() };
+    v.to_string_lossy().split_whitespace().map(|d| format!("-D{}", d.trim_start_matches("-D"))).collect()
 }
 
 /// The folder the cache lives in (not created here).
