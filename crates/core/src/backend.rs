@@ -148,6 +148,21 @@ pub struct MemoryStats {
 }
 
 /// The operations of a Falcon forward pass.
+/// One product of a grouped linear call (`Backend::linear_pair`):
+/// x (T, K) @ W^T (+ bias).
+pub struct LinearInput<'a, B: Backend + ?Sized> {
+    pub x: &'a B::Buf,
+    pub w: &'a B::Linear,
+    pub bias: Option<&'a B::Buf>,
+}
+
+impl<B: Backend + ?Sized> Clone for LinearInput<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend + ?Sized> Copy for LinearInput<'_, B> {}
+
 pub trait Backend {
     /// An activation buffer (f32 on the CPU, bf16 or f32 on a GPU).
     type Buf;
@@ -226,6 +241,23 @@ pub trait Backend {
         epilogue: Epilogue,
         out: &mut Self::Buf,
     ) -> Result<()>;
+    /// Two independent linears over the same T (Falcon's parallel block: query_key_value and
+    /// dense_h_to_4h): out_a = epi_a(a), out_b = epi_b(b). A backend may stream both weights in one
+    /// pass; the default runs them one after the other.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_pair(
+        &self,
+        rows: usize,
+        a: LinearInput<'_, Self>,
+        epi_a: Epilogue,
+        out_a: &mut Self::Buf,
+        b: LinearInput<'_, Self>,
+        epi_b: Epilogue,
+        out_b: &mut Self::Buf,
+    ) -> Result<()> {
+        self.linear_fused(a.x, rows, a.w, a.bias, epi_a, out_a)?;
+        self.linear_fused(b.x, rows, b.w, b.bias, epi_b, out_b)
+    }
     /// Rotate the Q and K heads of a fused qkv (T, row_width) in place.
     fn rotary(
         &self,

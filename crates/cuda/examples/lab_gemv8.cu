@@ -162,7 +162,7 @@ __device__ __forceinline__ void rg_body(const bf16* __restrict__ x, const u8* __
 #define BR_KERNEL(FMT, WTYPE, MAXT, R, U, WARPS, BPS)                                                          \
     extern "C" __global__ void __launch_bounds__(WARPS * 32, BPS) br_##FMT##_r##R##u##U##w##WARPS##b##BPS##_t##MAXT( \
         const bf16* x, const u8* w, const float* scb, int N, int K, int T, const bf16* bias, int epi, bf16* out) { \
-        gemv_body<WTYPE, MAXT, R, U, WARPS>(x, w, scb, N, K, T, bias, epi, out);                                \
+        gemv_body<WTYPE, MAXT, R, U, WARPS>(x, w, scb, N, K, T, bias, epi, out, blockIdx.x, gridDim.x);            \
     }
 
 // ba: gemv_body with the weights staged through shared memory by cp.async (16 bytes a lane, L2

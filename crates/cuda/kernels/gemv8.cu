@@ -8,6 +8,7 @@
 //   gemv_int8w_bf16_t1                T = 1
 //   gemv_mma_int8w_bf16               2 <= T <= 8, K % 64 == 0 (tensor cores, gemv_mma_body)
 //   gemv_int8w_bf16_t{2,4,8}          T <= 2/4/8 when K % 64 != 0
+//   gemv_{bf16,int8w_bf16}_t1_pair    two T = 1 products in one launch (both argument lists, blocks0)
 // Thread mapping (gemv_body): one wave of blocks (the host launches at most GEMV8_BLOCKS_PER_SM
 //   blocks per SM, all resident), block b owns the rows [N*b/G, N*(b+1)/G): an equal share to one
 //   row, so no block waits on a second wave and every block ends at about the same time. The block
@@ -143,16 +144,18 @@ __device__ __forceinline__ void finish_group(float (&acc)[R][MAXT], float (&part
 }
 
 /// See the file comment. Block = WARPS warps; steps = (row groups of R) x (K chunks of U words a lane).
+/// `blk` of `nblk` blocks share the N rows (a pair launch gives each product its own range of blocks).
 template <class W, int MAXT, int R, int U, int WARPS>
 __device__ __forceinline__ void gemv_body(const bf16* __restrict__ x, const u8* __restrict__ w,
                                           const float* __restrict__ scb, int N, int K, int T,
-                                          const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
+                                          const bf16* __restrict__ bias, int epi, bf16* __restrict__ out, int blk,
+                                          int nblk) {
     __shared__ float partial[2][WARPS][R * MAXT];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int words = K / W::PER_WORD;
     const i64 row_bytes = (i64)words * 16;
-    const int row_begin = (int)((i64)N * blockIdx.x / gridDim.x);
-    const int row_end = (int)((i64)N * (blockIdx.x + 1) / gridDim.x);
+    const int row_begin = (int)((i64)N * blk / nblk);
+    const int row_end = (int)((i64)N * (blk + 1) / nblk);
     const int stride = 32 * WARPS;                           // words between a lane's words of a row
     const int chunks = (words + stride * U - 1) / (stride * U);  // steps per row group
     const int steps = (row_end - row_begin + R - 1) / R * chunks; // block-uniform
@@ -168,8 +171,7 @@ __device__ __forceinline__ void gemv_body(const bf16* __restrict__ x, const u8* 
     if (steps > 0) load_words<R, U>(q, w + g_row * row_bytes, row_bytes, row_end - g_row, first, stride, words);
     // Programmatic dependent launch: the first weights are in flight before waiting for the
     // kernel that writes x (and, for Accumulate, out).
-    PDL_WAIT();
-    PDL_TRIGGER();
+    PDL_ENTER();
     for (int s = 0; s < steps; s++) {
         const int n_row = c + 1 < chunks ? g_row : g_row + R, n_c = c + 1 < chunks ? c + 1 : 0;
         uint4 next[U][R];
@@ -315,8 +317,7 @@ __device__ __forceinline__ void gemv_mma_body(const bf16* __restrict__ x, const 
 #pragma unroll
     for (int u = 0; u < U; u++) ag[u] = ah[u] = bg[u] = bh[u] = make_uint4(0, 0, 0, 0);
     if (steps > 0) load(ag, ah);
-    PDL_WAIT();  // weights in flight; x and out come from earlier kernels
-    PDL_TRIGGER();
+    PDL_ENTER();  // weights in flight; x and out come from earlier kernels
     for (int s = 0; s < steps; s += 2) {
         if (s + 1 < steps) load(bg, bh);
         use(ag, ah);
@@ -338,11 +339,28 @@ __device__ __forceinline__ void gemv_mma_body(const bf16* __restrict__ x, const 
     extern "C" __global__ void __launch_bounds__(GEMV8_WARPS * 32, GEMV8_BLOCKS_PER_SM)                          \
         NAME(const bf16* x, const u8* w, const float* scb, int N, int K, int T, const bf16* bias, int epi,          \
              bf16* out) {                                                                                          \
-        gemv_body<WTYPE, MAXT, R, U, GEMV8_WARPS>(x, w, scb, N, K, T, bias, epi, out);                             \
+        gemv_body<WTYPE, MAXT, R, U, GEMV8_WARPS>(x, w, scb, N, K, T, bias, epi, out, blockIdx.x, gridDim.x);     \
+    }
+
+// Two T = 1 products in one launch (Falcon's parallel block: qkv and h->4h): blocks [0, blocks0)
+// compute product 0, the rest product 1, each over its own rows, with its own x, epilogue and out;
+// the host splits the blocks by bytes so both finish together.
+#define GEMV8_PAIR_KERNEL(NAME, WTYPE, R, U)                                                                     \
+    extern "C" __global__ void __launch_bounds__(GEMV8_WARPS * 32, GEMV8_BLOCKS_PER_SM)                          \
+        NAME(const bf16* x0, const u8* w0, const float* scb0, int N0, int K0, const bf16* bias0, int epi0,        \
+             bf16* out0, const bf16* x1, const u8* w1, const float* scb1, int N1, int K1, const bf16* bias1,      \
+             int epi1, bf16* out1, int blocks0) {                                                                \
+        if ((int)blockIdx.x < blocks0)                                                                           \
+            gemv_body<WTYPE, 1, R, U, GEMV8_WARPS>(x0, w0, scb0, N0, K0, 1, bias0, epi0, out0, blockIdx.x, blocks0); \
+        else                                                                                                     \
+            gemv_body<WTYPE, 1, R, U, GEMV8_WARPS>(x1, w1, scb1, N1, K1, 1, bias1, epi1, out1, blockIdx.x - blocks0, \
+                                                   gridDim.x - blocks0);                                         \
     }
 
 GEMV8_KERNEL(gemv_bf16_t1, WeightsBf16, 1, 4, 2)
 GEMV8_KERNEL(gemv_int8w_bf16_t1, WeightsInt8, 1, 8, 1)
+GEMV8_PAIR_KERNEL(gemv_bf16_t1_pair, WeightsBf16, 4, 2)
+GEMV8_PAIR_KERNEL(gemv_int8w_bf16_t1_pair, WeightsInt8, 8, 1)
 // For K % 64 != 0 only (otherwise T >= 2 takes gemv_mma_int8w_bf16).
 GEMV8_KERNEL(gemv_int8w_bf16_t2, WeightsInt8, 2, 4, 2)
 GEMV8_KERNEL(gemv_int8w_bf16_t4, WeightsInt8, 4, 2, 2)

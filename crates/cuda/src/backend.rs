@@ -17,8 +17,9 @@
 
 use half::bf16;
 use peregrine_core::scoring::RowScore;
-use peregrine_core::{AttentionParams, Backend, Epilogue, Error, HostTensor, LayerKv, LinearWeight, MemoryStats, QkvLayout, QuantKind, Result, RotaryParams};
+use peregrine_core::{AttentionParams, Backend, Epilogue, Error, HostTensor, LayerKv, LinearInput, LinearWeight, MemoryStats, QkvLayout, QuantKind, Result, RotaryParams};
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::alloc::DeviceBuffer;
@@ -58,6 +59,9 @@ pub struct CudaBackend {
     attn_scratch: Mutex<Option<DeviceBuffer<f32>>>,
     /// u32 scratch of the sampler: keys (vocab), the token (1), the history.
     sample_scratch: Mutex<Option<DeviceBuffer<u32>>>,
+    /// `linear_pair` at T = 1 as one launch (Falcon's parallel blocks); off with
+    /// PEREGRINE_NO_PAIR_GEMV or `set_pair_gemv(false)`.
+    pair_gemv: AtomicBool,
     /// The ALiBi slopes last used, uploaded once (a model's constant).
     alibi: Mutex<Option<(Vec<f32>, DeviceBuffer<f32>)>>,
 }
@@ -100,6 +104,24 @@ fn check_len(op: &str, what: &str, have: usize, need: usize) -> Result<()> {
     Ok(())
 }
 
+/// The lengths a linear (x (rows, K) -> out (rows, N)) needs, and N, K within the kernels' range.
+fn check_linear(x: &CudaBuf, rows: usize, w: &CudaLinear, bias: Option<&CudaBuf>, out_len: usize) -> Result<()> {
+    let (n, k) = w.dims();
+    check_len("linear", "x", x.len(), rows * k)?;
+    check_len("linear", "out", out_len, rows * n)?;
+    if let Some(b) = bias {
+        check_len("linear", "bias", b.len(), n)?;
+    }
+    as_i32("linear", "N", n)?;
+    as_i32("linear", "K", k)?;
+    Ok(())
+}
+
+/// A pair launch's view of one product.
+fn pair_product<'a>(p: LinearInput<'a, CudaBackend>, epi: Epilogue, out: u64) -> linear::PairProduct<'a> {
+    linear::PairProduct { x: p.x.ptr(), w: p.w, bias: p.bias.map(|b| b.ptr()), epi, out }
+}
+
 /// i32 for a kernel argument, or an error naming it.
 fn as_i32(op: &str, what: &str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::input(format!("{op}: {what} = {v} exceeds the kernels' 32-bit range")))
@@ -115,8 +137,14 @@ impl CudaBackend {
             step: Mutex::new(StepState::default()),
             attn_scratch: Mutex::new(None),
             sample_scratch: Mutex::new(None),
+            pair_gemv: AtomicBool::new(std::env::var_os("PEREGRINE_NO_PAIR_GEMV").is_none()),
             alibi: Mutex::new(None),
         })
+    }
+
+    /// Turn the pair launches of parallel blocks on or off (tests compare both).
+    pub fn set_pair_gemv(&self, on: bool) {
+        self.pair_gemv.store(on, Ordering::Relaxed);
     }
 
     /// Choose the prefill attention kernel (default: tensor cores).
@@ -514,16 +542,33 @@ impl Backend for CudaBackend {
     }
 
     fn linear_fused(&self, x: &CudaBuf, rows: usize, w: &CudaLinear, bias: Option<&CudaBuf>, epilogue: Epilogue, out: &mut CudaBuf) -> Result<()> {
-        let (n, k) = w.dims();
-        check_len("linear", "x", x.len(), rows * k)?;
-        check_len("linear", "out", out.len(), rows * n)?;
-        if let Some(b) = bias {
-            check_len("linear", "bias", b.len(), n)?;
-        }
-        as_i32("linear", "N", n)?;
-        as_i32("linear", "K", k)?;
+        check_linear(x, rows, w, bias, out.len())?;
         // SAFETY: lengths checked above.
         unsafe { linear::matmul(&self.dev, x.ptr(), rows, w, bias.map(|b| b.ptr()), epilogue, out.ptr()) }
+    }
+
+    fn linear_pair(
+        &self,
+        rows: usize,
+        a: LinearInput<'_, Self>,
+        epi_a: Epilogue,
+        out_a: &mut CudaBuf,
+        b: LinearInput<'_, Self>,
+        epi_b: Epilogue,
+        out_b: &mut CudaBuf,
+    ) -> Result<()> {
+        check_linear(a.x, rows, a.w, a.bias, out_a.len())?;
+        check_linear(b.x, rows, b.w, b.bias, out_b.len())?;
+        if rows == 1 && self.pair_gemv.load(Ordering::Relaxed) {
+            let pa = pair_product(a, epi_a, out_a.ptr());
+            let pb = pair_product(b, epi_b, out_b.ptr());
+            // SAFETY: lengths checked above.
+            if unsafe { linear::matmul_pair(&self.dev, pa, pb)? } {
+                return Ok(());
+            }
+        }
+        self.linear_fused(a.x, rows, a.w, a.bias, epi_a, out_a)?;
+        self.linear_fused(b.x, rows, b.w, b.bias, epi_b, out_b)
     }
 
     fn rotary(&self, qkv: &mut CudaBuf, layout: QkvLayout, positions: &[u32], rope: RotaryParams) -> Result<()> {

@@ -146,6 +146,56 @@ pub unsafe fn matmul(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Op
     }
 }
 
+/// One product of a pair launch: x, the linear, its bias (device pointers), the epilogue and out.
+#[derive(Clone, Copy)]
+pub struct PairProduct<'a> {
+    pub x: u64,
+    pub w: &'a CudaLinear,
+    pub bias: Option<u64>,
+    pub epi: Epilogue,
+    pub out: u64,
+}
+
+/// Two T = 1 products in one launch (kernels/gemv8.cu GEMV8_PAIR_KERNEL) when both are bf16 or both
+/// LLM.int8 weight-only and each fits the T = 1 GEMV: the blocks of one wave are split between them
+/// in proportion to their bytes, so both stream together and share one ramp and one tail. Returns
+/// false, having launched nothing, when the pair does not fit. (NF4/FP4 pairs are not served: the
+/// same split of the tile GEMV measured 7% slower end to end than two launches, crates/cuda/NOTES.md.)
+///
+/// # Safety
+/// As `matmul` for each product with rows = 1.
+pub unsafe fn matmul_pair(dev: &Device, a: PairProduct, b: PairProduct) -> Result<bool> {
+    let ((na, ka), (nb, kb)) = (a.w.dims(), b.w.dims());
+    let ok_x = a.x % 16 == 0 && b.x % 16 == 0 && na > 0 && nb > 0;
+    let (kernel, (wa, sa), (wb, sb)) = match (a.w, b.w) {
+        (CudaLinear::Dense { w: x, .. }, CudaLinear::Dense { w: y, .. }) if ok_x && ka % 8 == 0 && kb % 8 == 0 => {
+            ("gemv_bf16_t1_pair", (x.ptr(), 0), (y.ptr(), 0))
+        }
+        (CudaLinear::Int8 { cb: x, scb: xs, threshold: None, .. }, CudaLinear::Int8 { cb: y, scb: ys, threshold: None, .. })
+            if ok_x && ka % 16 == 0 && kb % 16 == 0 =>
+        {
+            ("gemv_int8w_bf16_t1_pair", (x.ptr(), xs.ptr()), (y.ptr(), ys.ptr()))
+        }
+        _ => return Ok(false),
+    };
+    let (blocks_a, blocks_b) = pair_blocks(GEMV8_BLOCKS_PER_SM * dev.sm_count as usize, (na, ka), (nb, kb), 4);
+    let args = Args::new().ptr(a.x).ptr(wa).ptr(sa).i32(na as i32).i32(ka as i32).opt(a.bias).i32(a.epi.code()).ptr(a.out);
+    let args = args.ptr(b.x).ptr(wb).ptr(sb).i32(nb as i32).i32(kb as i32).opt(b.bias).i32(b.epi.code()).ptr(b.out);
+    let args = args.i32(blocks_a as i32);
+    let grid = Grid::new(((blocks_a + blocks_b) as u32, 1, 1), GEMV8_WARPS * 32).with_pdl();
+    dev.launch("gemv8", kernel, grid, args)?;
+    Ok(true)
+}
+
+/// Split `total` blocks between two products of shapes (N, K) in proportion to their weights, each
+/// at least one block and at most one per `rows_per_group` rows.
+pub fn pair_blocks(total: usize, (na, ka): (usize, usize), (nb, kb): (usize, usize), rows_per_group: usize) -> (usize, usize) {
+    let (wa, wb) = ((na * ka) as f64, (nb * kb) as f64);
+    let a = ((total as f64 * wa / (wa + wb)).round() as usize).clamp(1, total.saturating_sub(1).max(1));
+    let b = total.saturating_sub(a).max(1);
+    (a.min(na.div_ceil(rows_per_group)), b.min(nb.div_ceil(rows_per_group)))
+}
+
 /// Whether kernels/gemv8.cu serves this product: at most `max_rows` rows, whole 16-byte words of
 /// `per_word` weights in every row, and x 16-byte aligned (its rows then are too).
 fn gemv8_fits(rows: usize, max_rows: usize, k: usize, per_word: usize, x: u64) -> bool {

@@ -81,3 +81,29 @@ fn gemv_int8_decodes_every_byte() {
         }
     }
 }
+
+/// (N_a, K_a, N_b, K_b) of the pair launches: a parallel block's qkv and h->4h in miniature, odd
+/// sizes (idle lanes, a few rows), different K, and many rows a block.
+const PAIR_SHAPES: [(usize, usize, usize, usize); 4] = [(96, 64, 256, 64), (3, 528, 257, 528), (130, 8192, 130, 256), (1024, 1024, 1024, 4096)];
+
+/// `linear_pair` (one launch at T = 1: kernels/gemv8.cu GEMV8_PAIR_KERNEL) against the CPU oracle.
+fn pair_matches_cpu(kind: QuantKind, seed: u64) {
+    let test = format!("gemv_pair_{kind}_matches_cpu");
+    let Some(gpu) = cuda(&test) else { return };
+    let cpu = cpu();
+    let mut rng = Rng::new(seed);
+    for (na, ka, nb, kb) in PAIR_SHAPES {
+        let (lwa, lwb) = (weight(&mut rng, kind, na, ka), weight(&mut rng, kind, nb, kb));
+        check_pair(&gpu, &cpu, &mut rng, (&lwa, na, ka), (&lwb, nb, kb), &format!("{kind} pair"));
+    }
+}
+
+#[test]
+fn gemv_pair_bf16_matches_cpu() {
+    pair_matches_cpu(QuantKind::Bf16, 62);
+}
+
+#[test]
+fn gemv_pair_int8_weight_only_matches_cpu() {
+    pair_matches_cpu(QuantKind::Int8, 63);
+}

@@ -9,7 +9,7 @@
 //! Legend: T tokens in this forward, D hidden, H query heads, G KV groups, Hd head dim,
 //! F MLP width, V vocab, R logit rows.
 
-use peregrine_core::{AttentionParams, Backend, Epilogue, KvCache, Result};
+use peregrine_core::{AttentionParams, Backend, Epilogue, KvCache, LinearInput, Result};
 
 use crate::config::{alibi_slopes, BlockKind, FalconConfig};
 use crate::params::{ParamSource, Role, VectorKind};
@@ -197,35 +197,35 @@ impl<B: Backend> Falcon<B> {
                 norm(backend, &ws.x, t, d, input, eps, &mut ws.ln_a)?;
             }
         }
-        // x += dense(attention): the residual add is fused into the dense linear.
-        self.attention(backend, block, t, positions, kv, ws)?;
+        let (qkv, dense) = (&block.query_key_value, &block.dense);
+        let (h_to_4h, h4_to_h) = (&block.dense_h_to_4h, &block.dense_4h_to_h);
         let mlp_in = match &block.norms {
             BlockNorms::Sequential { post_attention, .. } => {
+                // x += dense(attention(x)); then the MLP reads the norm of the updated x.
+                linear(backend, &ws.ln_a, t, qkv, &mut ws.qkv)?;
+                self.attend(backend, positions, kv, ws)?;
+                linear_fused(backend, &ws.attn, t, dense, Epilogue::Accumulate, &mut ws.x)?;
                 norm(backend, &ws.x, t, d, post_attention, eps, &mut ws.ln_b)?;
-                &ws.ln_b
+                linear_fused(backend, &ws.ln_b, t, h_to_4h, Epilogue::Gelu, &mut ws.mlp_h)?;
+                return linear_fused(backend, &ws.mlp_h, t, h4_to_h, Epilogue::Accumulate, &mut ws.x);
             }
             BlockNorms::Shared { .. } => &ws.ln_a,
             BlockNorms::Two { .. } => &ws.ln_b,
         };
-        // x += dense_4h_to_h(gelu(dense_h_to_4h(mlp_in))). In the parallel blocks mlp_in was
-        // normalised from x before the attention's add, as the architecture requires.
-        linear_fused(backend, mlp_in, t, &block.dense_h_to_4h, Epilogue::Gelu, &mut ws.mlp_h)?;
-        linear_fused(backend, &ws.mlp_h, t, &block.dense_4h_to_h, Epilogue::Accumulate, &mut ws.x)
+        // Parallel block: attention and MLP both read norms of the same x, so qkv and h->4h go
+        // together (one launch where the backend can), then x += dense(attention) + 4h->h.
+        let a = LinearInput { x: &ws.ln_a, w: &qkv.weight, bias: qkv.bias.as_ref() };
+        let b = LinearInput { x: mlp_in, w: &h_to_4h.weight, bias: h_to_4h.bias.as_ref() };
+        backend.linear_pair(t, a, Epilogue::Store, &mut ws.qkv, b, Epilogue::Gelu, &mut ws.mlp_h)?;
+        self.attend(backend, positions, kv, ws)?;
+        linear_fused(backend, &ws.attn, t, dense, Epilogue::Accumulate, &mut ws.x)?;
+        linear_fused(backend, &ws.mlp_h, t, h4_to_h, Epilogue::Accumulate, &mut ws.x)
     }
 
-    /// x += dense(attention(rotary(qkv(ln_a)))), writing K/V into the cache.
-    fn attention(
-        &self,
-        backend: &B,
-        block: &Block<B>,
-        t: usize,
-        positions: &[u32],
-        kv: &mut peregrine_core::LayerKv<B>,
-        ws: &mut Workspace<B>,
-    ) -> Result<()> {
+    /// attn = attention(rotary(qkv)), writing this step's K/V into the cache.
+    fn attend(&self, backend: &B, positions: &[u32], kv: &mut peregrine_core::LayerKv<B>, ws: &mut Workspace<B>) -> Result<()> {
         let c = &self.config;
         let layout = c.qkv_layout();
-        linear(backend, &ws.ln_a, t, &block.query_key_value, &mut ws.qkv)?;
         match c.rotary() {
             Some(rope) => backend.rotary_append(&mut ws.qkv, layout, positions, rope, kv)?,
             None => backend.append_kv(&ws.qkv, layout, positions, kv)?,
@@ -236,8 +236,7 @@ impl<B: Backend> Falcon<B> {
             scale: 1.0 / (c.head_dim as f32).sqrt(),
             alibi_slopes: self.alibi.as_deref(),
         };
-        backend.attention(&ws.qkv, kv, &params, &mut ws.attn)?;
-        linear_fused(backend, &ws.attn, t, &block.dense, Epilogue::Accumulate, &mut ws.x)
+        backend.attention(&ws.qkv, kv, &params, &mut ws.attn)
     }
 
     /// logits = lm_head(ln_f(x)) for the requested rows.

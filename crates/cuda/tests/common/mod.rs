@@ -3,7 +3,7 @@
 //! (max |diff| and ||out - ref|| / ||ref|| per op, asserted against a named tolerance).
 #![allow(dead_code)]
 
-use peregrine_core::{Backend, DType, Epilogue, HostTensor};
+use peregrine_core::{Backend, DType, Epilogue, HostTensor, LinearInput, LinearWeight};
 use peregrine_cpu::CpuBackend;
 use peregrine_cuda::{driver_available, CudaBackend};
 
@@ -132,5 +132,29 @@ pub fn check_gemv_rows(
         cpu.linear_fused(&cpu.upload(&x).unwrap(), t, cw, with_bias.then_some(&cb), epi, &mut co).unwrap();
         let name = format!("{label} ({n}x{k}) T={t} {epi:?} bias={with_bias}");
         check(&name, &gpu.download(&go, 0, t * n).unwrap(), &co[..t * n], TOL_BF16);
+    }
+}
+
+/// `linear_pair` of two weights (a: Store with bias, b: Gelu without) on both backends: T = 1 twice
+/// with fresh inputs (the GPU's one-launch pair where both weights allow it) and T = 2 (the
+/// one-after-the-other fallback), each output within TOL_BF16 of the CPU oracle.
+pub fn check_pair(gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng, (lwa, na, ka): (&LinearWeight, usize, usize), (lwb, nb, kb): (&LinearWeight, usize, usize), label: &str) {
+    let (ga, gb) = (gpu.load_linear(lwa.clone()).unwrap(), gpu.load_linear(lwb.clone()).unwrap());
+    let (ca, cb) = (cpu.load_linear(lwa.clone()).unwrap(), cpu.load_linear(lwb.clone()).unwrap());
+    let bias = rng.bf16_vec(na, 0.1);
+    let (g_bias, c_bias) = (gpu.upload(&bias).unwrap(), cpu.upload(&bias).unwrap());
+    for t in [1, 1, 2] {
+        let name = format!("{label} ({na}x{ka}, {nb}x{kb}) T={t}");
+        let (xa, xb) = (rng.bf16_vec(t * ka, 1.0), rng.bf16_vec(t * kb, 1.0));
+        let (gxa, gxb) = (gpu.upload(&xa).unwrap(), gpu.upload(&xb).unwrap());
+        let (cxa, cxb) = (cpu.upload(&xa).unwrap(), cpu.upload(&xb).unwrap());
+        let (mut goa, mut gob) = (poisoned(gpu, t * na), poisoned(gpu, t * nb));
+        let (mut coa, mut cob) = (poisoned(cpu, t * na), poisoned(cpu, t * nb));
+        let (a, b) = (LinearInput { x: &gxa, w: &ga, bias: Some(&g_bias) }, LinearInput { x: &gxb, w: &gb, bias: None });
+        gpu.linear_pair(t, a, Epilogue::Store, &mut goa, b, Epilogue::Gelu, &mut gob).unwrap();
+        let (a, b) = (LinearInput { x: &cxa, w: &ca, bias: Some(&c_bias) }, LinearInput { x: &cxb, w: &cb, bias: None });
+        cpu.linear_pair(t, a, Epilogue::Store, &mut coa, b, Epilogue::Gelu, &mut cob).unwrap();
+        check(&format!("{name} a Store"), &gpu.download(&goa, 0, t * na).unwrap(), &coa[..t * na], TOL_BF16);
+        check(&format!("{name} b Gelu"), &gpu.download(&gob, 0, t * nb).unwrap(), &cob[..t * nb], TOL_BF16);
     }
 }
