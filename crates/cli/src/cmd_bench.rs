@@ -14,7 +14,7 @@ use peregrine_bench::{
     BenchPlan, BenchReport, BenchTarget, ConfigSpec, Generation, GenerationLimit, ModelShape, PrefillBody,
 };
 use peregrine_core::{Backend, Error, Result, SamplingParams};
-use peregrine_engine::{GenerateRequest, Session, Tokenizer};
+use peregrine_engine::{GenerateRequest, Session, SessionState, Tokenizer};
 use peregrine_models::{presets, Falcon, FalconConfig};
 
 use crate::args::{DeviceArg, FormatArgs};
@@ -154,7 +154,7 @@ impl OnBackend for Job {
         report.configs = run_matrix(&self.plan, &self.specs, |spec| {
             let fmt = FormatSpec::from_args(spec.quant.as_str(), &a.format)?;
             let loaded = load_model(backend, &model_spec, &fmt, dummy)?;
-            Ok(EngineTarget { backend, model: loaded.model, tokenizer: tokenizer.as_ref(), synthetic: dummy, graphs: !a.no_graph })
+            Ok(EngineTarget { backend, model: loaded.model, tokenizer: tokenizer.as_ref(), synthetic: dummy, graphs: !a.no_graph, state: None })
         })?;
         if let Some(file) = &a.ppl_file {
             add_quality(backend, a, &model_spec, &mut report, file, tokenizer.as_ref())?;
@@ -271,7 +271,15 @@ struct EngineTarget<'a, B: Backend> {
     synthetic: bool,
     /// Replay decode steps as graphs (Session::set_graphs).
     graphs: bool,
+    /// The last request's cache, workspace and recorded decode step, reused by the next request
+    /// that fits, so the step is recorded once per configuration (in the warm-up run), as a
+    /// serving engine records its graphs at start-up, and every measured run replays it.
+    state: Option<SessionState<B>>,
 }
+
+/// Prompt tokens the bench's session workspace holds at least (every seed prompt fits, so one
+/// session serves a configuration).
+const SESSION_MIN_PROMPT: usize = 32;
 
 impl<B: Backend> EngineTarget<'_, B> {
     fn encode(&self, prompt: &str) -> Result<Vec<u32>> {
@@ -310,13 +318,18 @@ impl<B: Backend> BenchTarget for EngineTarget<'_, B> {
             eos_ids: if self.synthetic { vec![] } else { self.model.config.eos_token_ids.clone() },
             prompt_ids: ids.clone(),
         };
-        let mut session = Session::new(self.backend, &self.model, ids.len() + new, ids.len())?;
+        let mut session = match self.state.take() {
+            Some(state) if state.fits(ids.len(), new) => Session::resume(self.backend, &self.model, state),
+            _ => Session::new(self.backend, &self.model, ids.len() + new, ids.len().next_power_of_two().max(SESSION_MIN_PROMPT))?,
+        };
         session.set_graphs(self.graphs);
         let out = session.generate_with(&req, self.tokenizer, &mut |id, _| {
             if id != u32::MAX {
                 on_token(id)
             }
-        })?;
+        });
+        self.state = Some(session.into_state());
+        let out = out?;
         let text = match self.tokenizer {
             Some(_) => out.text,
             None => synthetic_text(&out.ids),

@@ -145,7 +145,36 @@ pub struct Session<'m, B: Backend> {
     step_graph: Option<B::StepGraph>,
 }
 
+/// What a `Session` owns (cache, workspace, the recorded decode step), without its borrows of the
+/// backend and the model, so a caller can keep it between requests: `Session::resume` continues
+/// with it, and the recorded step is replayed by every later request instead of being recorded
+/// again (the cache and workspace, which the graph points into, are the same buffers).
+pub struct SessionState<B: Backend> {
+    cache: KvCache<B>,
+    ws: Workspace<B>,
+    graphs: bool,
+    step_graph: Option<B::StepGraph>,
+}
+
+impl<B: Backend> SessionState<B> {
+    /// Whether a request of `prompt` tokens and `new` new tokens fits this state's buffers.
+    pub fn fits(&self, prompt: usize, new: usize) -> bool {
+        prompt <= self.ws.max_tokens && prompt + new <= self.cache.capacity + 1
+    }
+}
+
 impl<'m, B: Backend> Session<'m, B> {
+    /// Continue with a state a previous session of the same backend and model left (`into_state`).
+    pub fn resume(backend: &'m B, model: &'m Falcon<B>, state: SessionState<B>) -> Self {
+        let SessionState { cache, ws, graphs, step_graph } = state;
+        Session { backend, model, cache, ws, graphs, step_graph }
+    }
+
+    /// The cache, workspace and recorded step, for `resume`.
+    pub fn into_state(self) -> SessionState<B> {
+        SessionState { cache: self.cache, ws: self.ws, graphs: self.graphs, step_graph: self.step_graph }
+    }
+
     /// Allocate a cache of `capacity` positions and a workspace for prompts of up to `max_prompt` tokens.
     pub fn new(backend: &'m B, model: &'m Falcon<B>, capacity: usize, max_prompt: usize) -> Result<Self> {
         let c = &model.config;

@@ -6,6 +6,6 @@ pub mod generate;
 pub mod perplexity;
 pub mod tokenizer;
 
-pub use generate::{all_logits, AllLogits, plan_new_tokens, FinishReason, GenerateOutput, GenerateRequest, Session, Timings};
+pub use generate::{all_logits, AllLogits, plan_new_tokens, FinishReason, GenerateOutput, GenerateRequest, Session, SessionState, Timings};
 pub use perplexity::{quality_report, QualityRow, WindowPlan};
 pub use tokenizer::{StreamDecoder, Tokenizer};
