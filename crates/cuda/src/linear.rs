@@ -348,3 +348,19 @@ pub fn to_host(dev: &Device, w: &CudaLinear) -> Result<LinearWeight> {
         CudaLinear::FourBit(w) => Ok(LinearWeight::FourBit(w.to_host(dev)?)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::pair_blocks;
+
+    #[test]
+    fn pair_blocks_split_one_wave_by_bytes() {
+        // Falcon-40B qkv + h->4h on an H200 (264 resident gemv8 blocks): 75.5 and 268 MB.
+        assert_eq!(pair_blocks(264, (9216, 8192), (32768, 8192), 4), (58, 206));
+        // Equal products share evenly; every product keeps at least one block.
+        assert_eq!(pair_blocks(264, (1024, 1024), (1024, 1024), 4), (132, 132));
+        assert_eq!(pair_blocks(264, (1, 16), (65536, 8192), 4), (1, 263));
+        // No block gets less than a row group: 3 rows take one block, 257 rows at most 65.
+        assert_eq!(pair_blocks(264, (3, 528), (257, 528), 4), (1, 65));
+    }
+}
