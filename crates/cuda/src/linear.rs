@@ -5,7 +5,8 @@
 //!
 //! Dispatch (`matmul`): decode GEMVs that stream the weights once: dense at T = 1 and LLM.int8
 //! weight-only at T <= 8 (kernels/gemv8.cu: CUDA cores at T = 1, tensor cores at T = 2..8), NF4/FP4
-//! at T <= 8 (tensor cores on the repacked tiles, kernels/quant4.cu via `four_bit`); dense with more rows goes to
+//! at T <= 8 (tensor cores on the repacked tiles, kernels/quant4.cu via `four_bit`), both also on
+//! chunks of 8 rows up to T = 32 (short prompts); dense with more rows goes to
 //! cuBLAS (faster than the GEMVs from T = 2, examples/lab_gemv8.rs); quantized weights with more rows
 //! (prefill) dequantize chunks of at most `DEQUANT_CHUNK_ELEMS` weights to bf16 and call cuBLAS,
 //! so the extra memory stays bounded (64 MiB) whatever the layer. LLM.int8 with a threshold runs
@@ -24,6 +25,12 @@ use crate::device::{Args, Device, Grid};
 pub const GEMV_MAX_ROWS: usize = 8;
 /// Weights dequantized per chunk on the prefill path (bf16: 64 MiB).
 pub const DEQUANT_CHUNK_ELEMS: usize = 32 << 20;
+/// Quantized products of up to this many rows (short prompts) run the decode GEMV on chunks of
+/// GEMV_MAX_ROWS rows: streaming the weights ceil(T / 8) times costs less than dequantizing them to
+/// bf16 for cuBLAS (Falcon-40B on an H200: a layer's four GEMVs at T = 8 take 268 us int8 and 173 us
+/// nf4 in the labs, so up to 1.1 / 0.7 ms at T = 32; a 16-token prompt's first token took 75-78 ms
+/// through dequantize + cuBLAS, about 1.25 ms a layer).
+pub const GEMV_CHUNKED_MAX_ROWS: usize = 32;
 
 pub mod four_bit;
 
@@ -129,6 +136,9 @@ pub unsafe fn matmul(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Op
     if rows == 0 || n == 0 {
         return Ok(());
     }
+    if rows > GEMV_MAX_ROWS && rows <= GEMV_CHUNKED_MAX_ROWS && gemv_serves(w, x) {
+        return gemv_chunks(dev, x, rows, w, bias, epi, out);
+    }
     let beta = if epi == Epilogue::Accumulate { 1.0 } else { 0.0 };
     match w {
         CudaLinear::Dense { w, .. } if gemv8_fits(rows, GEMV8_DENSE_MAX_ROWS, k, 8, x) => gemv8(dev, "gemv_bf16_t1", 4, x, rows, w.ptr(), 0, n, k, bias, epi, out),
@@ -194,6 +204,30 @@ pub fn pair_blocks(total: usize, (na, ka): (usize, usize), (nb, kb): (usize, usi
     let a = ((total as f64 * wa / (wa + wb)).round() as usize).clamp(1, total.saturating_sub(1).max(1));
     let b = total.saturating_sub(a).max(1);
     (a.min(na.div_ceil(rows_per_group)), b.min(nb.div_ceil(rows_per_group)))
+}
+
+/// Whether a quantized weight's decode GEMV serves up to GEMV_MAX_ROWS rows of x (NF4/FP4, or int8
+/// weight-only with whole 16-byte words a row), x 16-byte aligned.
+fn gemv_serves(w: &CudaLinear, x: u64) -> bool {
+    match w {
+        CudaLinear::FourBit(_) => x % 16 == 0,
+        CudaLinear::Int8 { threshold: None, k, .. } => gemv8_fits(GEMV_MAX_ROWS, GEMV_MAX_ROWS, *k, 16, x),
+        _ => false,
+    }
+}
+
+/// `matmul` of `rows` rows as GEMVs over chunks of GEMV_MAX_ROWS rows (row r0 of x and out at
+/// bf16 offsets r0*K and r0*N: 16-byte aligned, as r0 is a multiple of 8).
+///
+/// # Safety
+/// As `matmul`.
+unsafe fn gemv_chunks(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Option<u64>, epi: Epilogue, out: u64) -> Result<()> {
+    let (n, k) = w.dims();
+    for r0 in (0..rows).step_by(GEMV_MAX_ROWS) {
+        let r = (rows - r0).min(GEMV_MAX_ROWS);
+        matmul(dev, x + (r0 * k * 2) as u64, r, w, bias, epi, out + (r0 * n * 2) as u64)?;
+    }
+    Ok(())
 }
 
 /// Whether kernels/gemv8.cu serves this product: at most `max_rows` rows, whole 16-byte words of

@@ -66,7 +66,7 @@ fn quantized_linears_match_the_oracle() {
         let gw = gpu.load_linear(lw.clone()).unwrap();
         let bias = rng.bf16_vec(n, 0.1);
         let gb = gpu.upload(&bias).unwrap();
-        for rows in [1, 3, 8, 9, 33] {
+        for rows in [1, 3, 8, 9, 19, 33] {
             let mut x = rng.bf16_vec(rows * k, 1.0);
             if label.contains("LLM.int8") {
                 // Outlier columns (|x| >= 6 in some row) exercise the mixed-precision split.
@@ -82,7 +82,15 @@ fn quantized_linears_match_the_oracle() {
             let gx = gpu.upload(&x).unwrap();
             let mut go = poisoned(&gpu, rows * n);
             gpu.linear(&gx, rows, &gw, Some(&gb), &mut go).unwrap();
-            let path = if rows <= peregrine_cuda::linear::GEMV_MAX_ROWS && !label.contains("LLM") { "gemv" } else if label.contains("LLM") { "int8 dp4a" } else { "dequant+cuBLAS" };
+            let path = if label.contains("LLM") {
+                "int8 dp4a"
+            } else if rows <= peregrine_cuda::linear::GEMV_MAX_ROWS {
+                "gemv"
+            } else if rows <= peregrine_cuda::linear::GEMV_CHUNKED_MAX_ROWS {
+                "gemv on 8-row chunks"
+            } else {
+                "dequant+cuBLAS"
+            };
             let tol = if label.contains("LLM") { TOL_BF16_CHAIN } else { TOL_BF16 };
             check(&format!("linear {label} T={rows} [{path}]"), &gpu.download(&go, 0, rows * n).unwrap(), &want, tol);
         }
