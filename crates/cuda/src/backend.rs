@@ -19,7 +19,6 @@ use half::bf16;
 use peregrine_core::scoring::RowScore;
 use peregrine_core::{AttentionParams, Backend, Epilogue, Error, HostTensor, LayerKv, LinearInput, LinearWeight, MemoryStats, QkvLayout, QuantKind, Result, RotaryParams};
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use crate::alloc::DeviceBuffer;
@@ -59,9 +58,8 @@ pub struct CudaBackend {
     attn_scratch: Mutex<Option<DeviceBuffer<f32>>>,
     /// u32 scratch of the sampler: keys (vocab), the token (1), the history.
     sample_scratch: Mutex<Option<DeviceBuffer<u32>>>,
-    /// `linear_pair` at T = 1 as one launch (Falcon's parallel blocks); off with
-    /// PEREGRINE_NO_PAIR_GEMV or `set_pair_gemv(false)`.
-    pair_gemv: AtomicBool,
+    /// `linear_pair` at T = 1 as one launch (Falcon's parallel blocks); off with PEREGRINE_NO_PAIR_GEMV.
+    pair_gemv: bool,
     /// The ALiBi slopes last used, uploaded once (a model's constant).
     alibi: Mutex<Option<(Vec<f32>, DeviceBuffer<f32>)>>,
 }
@@ -137,14 +135,9 @@ impl CudaBackend {
             step: Mutex::new(StepState::default()),
             attn_scratch: Mutex::new(None),
             sample_scratch: Mutex::new(None),
-            pair_gemv: AtomicBool::new(std::env::var_os("PEREGRINE_NO_PAIR_GEMV").is_none()),
+            pair_gemv: std::env::var_os("PEREGRINE_NO_PAIR_GEMV").is_none(),
             alibi: Mutex::new(None),
         })
-    }
-
-    /// Turn the pair launches of parallel blocks on or off (tests compare both).
-    pub fn set_pair_gemv(&self, on: bool) {
-        self.pair_gemv.store(on, Ordering::Relaxed);
     }
 
     /// Choose the prefill attention kernel (default: tensor cores).
@@ -559,7 +552,7 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         check_linear(a.x, rows, a.w, a.bias, out_a.len())?;
         check_linear(b.x, rows, b.w, b.bias, out_b.len())?;
-        if rows == 1 && self.pair_gemv.load(Ordering::Relaxed) {
+        if rows == 1 && self.pair_gemv {
             let pa = pair_product(a, epi_a, out_a.ptr());
             let pb = pair_product(b, epi_b, out_b.ptr());
             // SAFETY: lengths checked above.
