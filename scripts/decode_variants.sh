@@ -2,7 +2,7 @@
 # Lab run on the GPU machine: Falcon-40B synthetic decode (batch 1, graphs on) under several sets
 # of kernel switches, to measure a kernel-level alternative end to end in one device call.
 #   VARIANTS  ';'-separated sets of environment assignments (an empty set is the default), e.g.
-#             "; PEREGRINE_NO_PAIR_GEMV=1; PEREGRINE_NVRTC_DEFINES=SOME_KERNEL_SWITCH"
+#             "; PEREGRINE_NO_PAIR_GEMV=1; PEREGRINE_NVRTC_DEFINES=SWITCH_A=2,SWITCH_B"
 #   QUANTS    formats (default: bf16 int8 nf4), TOKENS new tokens (default 200), REPEAT runs each (2)
 # Needs the release binary as .carry/bundle/bin/peregrine (scripts/device_check.sh unpacks it) or
 # .carry/peregrine. Prints one line per run: variant, format, decode tok/s.

@@ -8,10 +8,11 @@
 //     32-key tile and accumulates output dims c4, c4+4, ..; the 4 threads of a row exchange
 //     probabilities with warp shuffles. Q, K and V tiles sit in dynamic shared memory as f32 with
 //     rows padded to HD+1 floats (conflict-free column reads). Dynamic smem = 3*32*(HD+1)*4 bytes.
-//   attention_decode_bf16_hd{HD}: flash-decoding for few query rows. grid (T, H, S), 128 threads;
-//     block (t, h, s) covers keys [256 s, 256 s + 256). Warps take chunks of 32 keys: lane = key
-//     for q.k (16-byte loads of the K row, q broadcast from smem), one warp max and sum per chunk,
-//     then lane = dims [l*HD/32, (l+1)*HD/32) for P.V with coalesced V rows. Writes unnormalised
+//   attention_decode_bf16_hd{HD}: flash-decoding for few query rows. grid (T, H, S), 256 threads;
+//     block (t, h, s) covers keys [256 s, 256 s + 256), warp w the 32 keys from 256 s + 32 w: lane =
+//     key for q.k (16-byte loads of the K row, q broadcast from smem), one warp max and sum, then
+//     lane = dims [l*HD/32, (l+1)*HD/32) for P.V with coalesced V rows, all loaded up front (one
+//     memory round trip per chunk). Writes unnormalised
 //     partials (o, max, sum) to f32 scratch (T, H, S, HD) and (T, H, S, 2); with one split (S = 1)
 //     it writes the normalised output directly and no combine runs.
 //   attention_combine_bf16(part_o, part_ml, out, H, Hd, S): grid (T, H); merges the S partials.
@@ -123,64 +124,133 @@ __device__ __forceinline__ void prefill_body(const bf16* __restrict__ qkv, const
     }
 }
 
-#define DEC_WARPS 4
-#define DEC_SPLIT 256  // keys per block (split) in the decode kernel
+#define DEC_WARPS 8
+#define DEC_SPLIT 256  // keys per block (split) in the decode kernel: DEC_WARPS chunks of 32
+
+// Read-only loads as volatile asm: the compiler keeps them in program order and does not sink
+// them to their first use, so a chunk's loads are all in flight before the first wait.
+__device__ __forceinline__ uint4 dec_ld16(const void* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ uint2 dec_ld8(const void* p) {
+    uint2 v;
+    asm volatile("ld.global.nc.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ u32 dec_ld4(const void* p) {
+    u32 v;
+    asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
+}
+
+/// The EPL (2 or 4) bf16 of one V row that a lane accumulates, as one 4- or 8-byte load.
+template <int EPL>
+struct VSlice;
+template <>
+struct VSlice<2> {
+    u32 w;
+    __device__ __forceinline__ void load(const bf16* p) { w = dec_ld4(p); }
+    __device__ __forceinline__ void zero() { w = 0u; }
+    __device__ __forceinline__ u32 first() const { return w; }
+    __device__ __forceinline__ float at(int e) const { return e == 0 ? __uint_as_float(w << 16) : __uint_as_float(w & 0xFFFF0000u); }
+};
+template <>
+struct VSlice<4> {
+    uint2 w;
+    __device__ __forceinline__ void load(const bf16* p) { w = dec_ld8(p); }
+    __device__ __forceinline__ void zero() { w = make_uint2(0u, 0u); }
+    __device__ __forceinline__ u32 first() const { return w.x; }
+    __device__ __forceinline__ float at(int e) const {
+        const u32 v = e < 2 ? w.x : w.y;
+        return (e & 1) == 0 ? __uint_as_float(v << 16) : __uint_as_float(v & 0xFFFF0000u);
+    }
+};
 
 // Decode (flash-decoding): block (t, h, split) covers keys [split*256, split*256 + 256) up to
-// positions[t]; each warp takes chunks of 32 keys, lane = key for the scores (full q.k over HD
-// with 16-byte loads of the K row, q broadcast from shared memory), one warp max/sum per chunk,
-// then lane = output dims for P.V. Writes the unnormalised partial (acc, max, sum) per split;
-// attention_combine_bf16 merges the splits.
+// positions[t]; warp w takes the chunk of 32 keys at split*256 + 32w (lane = key for the score: the
+// full q.k over HD with 16-byte loads of the K row, q broadcast from shared memory), one warp
+// max/sum, then lane = output dims for P.V. Latency first: a chunk's K row and all its V rows (the
+// lane's dims, VB rows at a time) are loaded before the first use, so a chunk costs about one
+// memory round trip instead of one per 8 V rows. Writes the normalised output (one split) or the
+// unnormalised partial (acc, max, sum) that attention_combine_bf16 merges.
 template <int HD>
 __device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
                                             const bf16* __restrict__ v_cache, const u32* __restrict__ positions,
                                             const float* __restrict__ slopes, float* __restrict__ part_o,
                                             float* __restrict__ part_ml, bf16* __restrict__ out, int n_head,
                                             int n_kv, int row_width, float scale) {
-    constexpr int EPL = HD / 32;
+    constexpr int EPL = HD / 32;              // output dims per lane
+    constexpr int KW = HD / 8;                // 16-byte words of a K row
+    constexpr int VB = HD == 64 ? 32 : 16;    // V rows in flight per lane
     __shared__ float qs[HD];
     __shared__ float red[DEC_WARPS][HD + 2];
     const int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z, S = gridDim.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int qpk = n_head / n_kv, g = h / qpk;
     const bf16* q = qkv + (i64)t * row_width + (g * (qpk + 2) + h % qpk) * HD;
+    const int pos = (int)positions[t];
     for (int d = threadIdx.x; d < HD; d += blockDim.x) qs[d] = bf2f(q[d]);
     __syncthreads();
-    const int pos = (int)positions[t];
     const int begin = split * DEC_SPLIT, end = min(pos + 1, begin + DEC_SPLIT);
     const float slope = (slopes != nullptr) ? slopes[h] : 0.f;
+    const i64 key_stride = (i64)n_kv * HD;  // elements between consecutive keys of a group
+    const u32 opaque_zero = (u32)n_kv >> 24;  // 0 (n_kv < 2^24), unknown to the compiler
     float m = NEG_INF, l = 0.f, acc[EPL];
 #pragma unroll
     for (int e = 0; e < EPL; e++) acc[e] = 0.f;
     for (int c0 = begin + warp * 32; c0 < end; c0 += DEC_WARPS * 32) {
         const int j = c0 + lane;
-        float sc = NEG_INF;
-        if (j < end) {
-            const uint4* krow = reinterpret_cast<const uint4*>(k_cache + ((i64)j * n_kv + g) * HD);
-            float dot = 0.f;
+        const bool full = c0 + 32 <= end;  // warp-uniform: every key of the chunk is valid
+        const bf16* vbase = v_cache + (i64)c0 * key_stride + g * HD + lane * EPL;
+        uint4 kr[KW];
+        VSlice<EPL> vr[VB];
+        const uint4* krow = reinterpret_cast<const uint4*>(k_cache + (i64)j * key_stride + g * HD);
+        auto load_v = [&](int b) {  // rows b.. of the chunk; zeros past the end (p = 0 there, 0 * 0 adds nothing)
+            const bf16* vp = vbase + b * key_stride;
 #pragma unroll
-            for (int v = 0; v < HD / 8; v++) {
-                float kf[8];
-                unpack8_bf16(__ldg(krow + v), kf);
-#pragma unroll
-                for (int e = 0; e < 8; e++) dot += qs[8 * v + e] * kf[e];
+            for (int jj = 0; jj < VB; jj++, vp += key_stride) {
+                if (full || c0 + b + jj < end) vr[jj].load(vp);
+                else vr[jj].zero();
             }
-            sc = (slopes != nullptr) ? (dot + round_bf16(slope * (float)j)) * scale : dot * scale;
+        };
+#pragma unroll
+        for (int v = 0; v < KW; v++) kr[v] = j < end ? dec_ld16(krow + v) : make_uint4(0u, 0u, 0u, 0u);
+        load_v(0);
+        // dot starts at +0 computed from every load of the chunk (opaque_zero is 0 at run time), so
+        // ptxas must issue all of them before the first multiply waits (left alone it sinks each K
+        // load to its use: a round trip per 16 bytes).
+        u32 mix = 0;
+#pragma unroll
+        for (int v = 0; v < KW; v++) mix ^= kr[v].x;
+#pragma unroll
+        for (int jj = 0; jj < VB; jj++) mix ^= vr[jj].first();
+        float dot = __uint_as_float(mix & opaque_zero);
+#pragma unroll
+        for (int v = 0; v < KW; v++) {
+            float kf[8];
+            unpack8_bf16(kr[v], kf);
+#pragma unroll
+            for (int e = 0; e < 8; e++) dot += qs[8 * v + e] * kf[e];
         }
+        float sc = NEG_INF;
+        if (j < end) sc = (slopes != nullptr) ? (dot + round_bf16(slope * (float)j)) * scale : dot * scale;
         const float m_new = fmaxf(m, warp_max(sc));  // lane 0's key is valid: finite
         const float corr = expf(m - m_new);
         const float p = (j < end) ? expf(sc - m_new) : 0.f;
         l = l * corr + warp_sum(p);
 #pragma unroll
         for (int e = 0; e < EPL; e++) acc[e] *= corr;
-        const int nvalid = min(32, end - c0);
-        const bf16* vbase = v_cache + ((i64)c0 * n_kv + g) * HD + lane * EPL;
-#pragma unroll 8
-        for (int jj = 0; jj < nvalid; jj++) {
-            const float pj = __shfl_sync(FULL_MASK, p, jj);
-            const bf16* vrow = vbase + (i64)jj * n_kv * HD;
 #pragma unroll
-            for (int e = 0; e < EPL; e++) acc[e] += pj * bf2f(vrow[e]);
+        for (int b = 0; b < 32; b += VB) {
+            if (b > 0) load_v(b);  // HD 128: the second half of the chunk's V rows
+#pragma unroll
+            for (int jj = 0; jj < VB; jj++) {
+                const float pj = __shfl_sync(FULL_MASK, p, b + jj);
+#pragma unroll
+                for (int e = 0; e < EPL; e++) acc[e] = fmaf(pj, vr[jj].at(e), acc[e]);
+            }
         }
         m = m_new;
     }

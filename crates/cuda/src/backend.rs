@@ -33,6 +33,8 @@ pub type CudaBuf = DeviceBuffer<bf16>;
 pub const DECODE_MAX_ROWS: usize = 8;
 /// Keys per block of the decode kernel (DEC_SPLIT in kernels/attention.cu).
 pub const DECODE_SPLIT: usize = 256;
+/// Threads per block of the decode kernel (DEC_WARPS * 32 in kernels/attention.cu: a warp per 32 keys).
+const DECODE_THREADS: u32 = 256;
 /// Head dims the attention kernels are instantiated for (kernels/attention.cu).
 pub const ATTENTION_HEAD_DIMS: [usize; 2] = [64, 128];
 
@@ -60,6 +62,8 @@ pub struct CudaBackend {
     sample_scratch: Mutex<Option<DeviceBuffer<u32>>>,
     /// `linear_pair` at T = 1 as one launch (Falcon's parallel blocks); off with PEREGRINE_NO_PAIR_GEMV.
     pair_gemv: bool,
+    /// Decode-step stages left out for timing experiments (PEREGRINE_LAB_SKIP; results are wrong).
+    lab_skip: LabSkip,
     /// The ALiBi slopes last used, uploaded once (a model's constant).
     alibi: Mutex<Option<(Vec<f32>, DeviceBuffer<f32>)>>,
 }
@@ -115,6 +119,27 @@ fn check_linear(x: &CudaBuf, rows: usize, w: &CudaLinear, bias: Option<&CudaBuf>
     Ok(())
 }
 
+/// Stages of a step that `PEREGRINE_LAB_SKIP` (a comma-separated list of `norm`, `rotary`,
+/// `attention`) leaves out, to time what each costs inside a recorded decode step ("leave one stage
+/// out", device/METHOD.md). The outputs are then wrong: a lab switch, never for real use.
+#[derive(Clone, Copy, Default)]
+struct LabSkip {
+    /// layer_norm2 (both norms of a parallel block).
+    norm: bool,
+    /// rotary_append.
+    rotary: bool,
+    /// The one-row decode attention.
+    attention: bool,
+}
+
+impl LabSkip {
+    fn from_env() -> Self {
+        let v = std::env::var("PEREGRINE_LAB_SKIP").unwrap_or_default();
+        let has = |w: &str| v.split(',').any(|x| x.trim() == w);
+        LabSkip { norm: has("norm"), rotary: has("rotary"), attention: has("attention") }
+    }
+}
+
 /// A pair launch's view of one product.
 fn pair_product<'a>(p: LinearInput<'a, CudaBackend>, epi: Epilogue, out: u64) -> linear::PairProduct<'a> {
     linear::PairProduct { x: p.x.ptr(), w: p.w, bias: p.bias.map(|b| b.ptr()), epi, out }
@@ -136,6 +161,7 @@ impl CudaBackend {
             attn_scratch: Mutex::new(None),
             sample_scratch: Mutex::new(None),
             pair_gemv: std::env::var_os("PEREGRINE_NO_PAIR_GEMV").is_none(),
+            lab_skip: LabSkip::from_env(),
             alibi: Mutex::new(None),
         })
     }
@@ -527,6 +553,9 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         check_len("layer_norm", "out", out_a.len(), rows * dim)?;
         check_len("layer_norm", "out", out_b.len(), rows * dim)?;
+        if self.lab_skip.norm {
+            return Ok(());
+        }
         self.layer_norms(x, rows, dim, norm_a, eps, out_a.ptr(), Some((norm_b, out_b.ptr())))
     }
 
@@ -593,6 +622,9 @@ impl Backend for CudaBackend {
         if t == 0 {
             return Ok(());
         }
+        if self.lab_skip.rotary {
+            return Ok(());
+        }
         let pos = self.indices(positions, true)?;
         let g = Grid::new((t as u32, (layout.n_head + layout.n_kv) as u32, 1), (layout.head_dim / 2).clamp(32, 256) as u32).with_pdl();
         let a = Args::new().ptr(qkv.ptr()).ptr(pos.ptr()).ptr(cache.k.ptr()).ptr(cache.v.ptr()).i32(layout.n_head as i32).i32(layout.n_kv as i32);
@@ -640,6 +672,9 @@ impl Backend for CudaBackend {
         if !ATTENTION_HEAD_DIMS.contains(&hd) {
             return self.attention_generic(a, l, params, out);
         }
+        if t == 1 && self.lab_skip.attention {
+            return Ok(());
+        }
         if t <= DECODE_MAX_ROWS {
             // Flash-decoding: S splits of DECODE_SPLIT keys (splits past a row's position do nothing), then a merge.
             let splits = self.key_bound(params.positions)?.div_ceil(DECODE_SPLIT).max(1);
@@ -648,7 +683,7 @@ impl Backend for CudaBackend {
             let (part_o, part_ml) = (scratch, scratch + 4 * o_len as u64);
             let name = if hd == 64 { "attention_decode_bf16_hd64" } else { "attention_decode_bf16_hd128" };
             let a = a.ptr(part_o).ptr(part_ml).ptr(out.ptr()).i32(l.n_head as i32).i32(l.n_kv as i32).i32(l.row_width() as i32).f32(params.scale);
-            let g = Grid::new((t as u32, l.n_head as u32, splits as u32), 128).with_pdl();
+            let g = Grid::new((t as u32, l.n_head as u32, splits as u32), DECODE_THREADS).with_pdl();
             // SAFETY: every length and position checked above; partials sized (T, H, S, Hd) and (T, H, S, 2).
             unsafe {
                 self.dev.launch("attention", name, g, a)?;

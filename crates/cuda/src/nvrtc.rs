@@ -71,12 +71,14 @@ pub fn compile_options(arch: u32, include: Option<&Path>) -> Vec<String> {
     opts
 }
 
-/// `-D` options from `$PEREGRINE_NVRTC_DEFINES` (whitespace-separated `NAME` or `NAME=VALUE`): the
+/// `-D` options from `$PEREGRINE_NVRTC_DEFINES` (`NAME` or `NAME=VALUE`, separated by whitespace or
+/// commas, so a list fits in one `env` word): the
 /// way to try a compile-time alternative of a kernel on the device without a rebuild
 /// (scripts/decode_variants.sh). They enter the cache key like every other option.
 fn lab_defines() -> Vec<String> {
     let Some(v) = std::env::var_os("PEREGRINE_NVRTC_DEFINES") else { return Vec::new() };
-    v.to_string_lossy().split_whitespace().map(|d| format!("-D{}", d.trim_start_matches("-D"))).collect()
+    let list = v.to_string_lossy().replace(',', " ");
+    list.split_whitespace().map(|d| format!("-D{}", d.trim_start_matches("-D"))).collect()
 }
 
 /// The folder the cache lives in (not created here).

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Lab run on the GPU machine: Nsight Compute counters of the decode kernels of a Falcon-40B synthetic
+# generate (graphs off, so every launch is profiled on its own; ncu serialises kernels, so its times
+# are per kernel without overlap). Clocks are left alone (--clock-control none, device/METHOD.md).
+#   QUANT    format (default nf4)
+#   KERNELS  kernel-name regex (default gemv4t_fast_dq_t1: the NF4 decode GEMVs)
+#   SKIP     matching launches skipped first (default 120: past the prompt and the first step)
+#   COUNT    launches profiled (default 4: one layer's qkv, h->4h, dense, 4h->h for nf4)
+# Needs the release binary as .carry/bundle/bin/peregrine or .carry/peregrine; writes ncu's report
+# to stdout.
+set -uo pipefail
+BIN=$PWD/.carry/bundle/bin/peregrine
+[ -x "$BIN" ] || BIN=$PWD/.carry/peregrine
+[ -x "$BIN" ] || { echo "profile_decode.sh: no release binary in .carry/bundle/bin or .carry" >&2; exit 2; }
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+[ -n "$NCU" ] || { echo "profile_decode.sh: ncu not found" >&2; exit 2; }
+export PEREGRINE_KERNEL_CACHE=/tmp/peregrine-kernels
+SEED=12081,241,1962,544,241,13215,2464,325,14465,11659,23,480,335,28563,9315,25
+"$NCU" --clock-control none -k "regex:${KERNELS:-gemv4t_fast_dq_t1}" --launch-skip "${SKIP:-120}" \
+  --launch-count "${COUNT:-4}" --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+  --section SchedulerStats --section Occupancy --section LaunchStats \
+  "$BIN" generate --device cuda --dummy-weights --model falcon-40b --quant "${QUANT:-nf4}" --prompt-ids "$SEED" \
+  --max-new-tokens 6 --ignore-eos --no-graph
