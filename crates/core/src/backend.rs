@@ -286,6 +286,18 @@ pub trait Backend {
         self.rotary(qkv, layout, positions, rope)?;
         self.append_kv(qkv, layout, positions, cache)
     }
+    /// This step's K/V into the cache (`rotary_append` with `rope`, else `append_kv`), then
+    /// `attention` over it. A backend may fuse them (CUDA does for one query row).
+    fn append_attend(
+        &self,
+        qkv: &mut Self::Buf,
+        cache: &mut LayerKv<Self>,
+        rope: Option<RotaryParams>,
+        params: &AttentionParams<'_>,
+        out: &mut Self::Buf,
+    ) -> Result<()> {
+        append_then_attend(self, qkv, cache, rope, params, out)
+    }
     /// out (T, H * Hd) = causal softmax(q k^T * scale [+ alibi]) v over the cache.
     fn attention(
         &self,
@@ -395,4 +407,20 @@ pub trait Backend {
         let mut values = self.download(logits, row * vocab, vocab)?;
         Ok(sampler.sample(&mut values, history))
     }
+}
+
+/// `Backend::append_attend` as two steps: `rotary_append` (or `append_kv`), then `attention`.
+pub fn append_then_attend<B: Backend + ?Sized>(
+    b: &B,
+    qkv: &mut B::Buf,
+    cache: &mut LayerKv<B>,
+    rope: Option<RotaryParams>,
+    params: &AttentionParams<'_>,
+    out: &mut B::Buf,
+) -> Result<()> {
+    match rope {
+        Some(r) => b.rotary_append(qkv, params.layout, params.positions, r, cache)?,
+        None => b.append_kv(qkv, params.layout, params.positions, cache)?,
+    }
+    b.attention(qkv, cache, params, out)
 }

@@ -152,6 +152,7 @@ template <>
 struct VSlice<2> {
     u32 w;
     __device__ __forceinline__ void load(const bf16* p) { w = dec_ld4(p); }
+    __device__ __forceinline__ void load_shared(const bf16* p) { w = *reinterpret_cast<const u32*>(p); }
     __device__ __forceinline__ void zero() { w = 0u; }
     __device__ __forceinline__ u32 first() const { return w; }
     __device__ __forceinline__ float at(int e) const { return e == 0 ? __uint_as_float(w << 16) : __uint_as_float(w & 0xFFFF0000u); }
@@ -160,6 +161,7 @@ template <>
 struct VSlice<4> {
     uint2 w;
     __device__ __forceinline__ void load(const bf16* p) { w = dec_ld8(p); }
+    __device__ __forceinline__ void load_shared(const bf16* p) { w = *reinterpret_cast<const uint2*>(p); }
     __device__ __forceinline__ void zero() { w = make_uint2(0u, 0u); }
     __device__ __forceinline__ u32 first() const { return w.x; }
     __device__ __forceinline__ float at(int e) const {
@@ -168,6 +170,38 @@ struct VSlice<4> {
     }
 };
 
+/// The fused decode's prologue: qs = q rotated (f32 of the bf16 rotary_append_bf16 writes), knew = k
+/// rotated and vnew = v (bf16), for position `pos`; theta = 0: no rotation (ALiBi). Thread i < HD/2
+/// rotates pair (i, i + HD/2) of q and k with one sincosf.
+template <int HD>
+__device__ __forceinline__ void rotate_q_k(const bf16* __restrict__ q, const bf16* __restrict__ k,
+                                           const bf16* __restrict__ v, int pos, float theta, float position_scale,
+                                           float* qs, bf16* knew, bf16* vnew) {
+    constexpr int half = HD / 2;
+    const int i = threadIdx.x;
+    if (i < half) {
+        const float q1 = bf2f(q[i]), q2 = bf2f(q[i + half]);
+        const bf16 k1 = k[i], k2 = k[i + half];
+        if (theta > 0.f) {
+            const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)HD);
+            float sn, cs;
+            sincosf(((float)pos / position_scale) * inv_freq, &sn, &cs);
+            const float k1f = bf2f(k1), k2f = bf2f(k2);
+            qs[i] = bf2f(f2bf(q1 * cs - q2 * sn));
+            qs[i + half] = bf2f(f2bf(q2 * cs + q1 * sn));
+            knew[i] = f2bf(k1f * cs - k2f * sn);
+            knew[i + half] = f2bf(k2f * cs + k1f * sn);
+        } else {
+            qs[i] = q1;
+            qs[i + half] = q2;
+            knew[i] = k1;
+            knew[i + half] = k2;
+        }
+    } else if (i < half + HD) {
+        vnew[i - half] = v[i - half];
+    }
+}
+
 // Decode (flash-decoding): block (t, h, split) covers keys [split*256, split*256 + 256) up to
 // positions[t]; warp w takes the chunk of 32 keys at split*256 + 32w (lane = key for the score: the
 // full q.k over HD with 16-byte loads of the K row, q broadcast from shared memory), one warp
@@ -175,12 +209,20 @@ struct VSlice<4> {
 // lane's dims, VB rows at a time) are loaded before the first use, so a chunk costs about one
 // memory round trip instead of one per 8 V rows. Writes the normalised output (one split) or the
 // unnormalised partial (acc, max, sum) that attention_combine_bf16 merges.
-template <int HD>
-__device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
-                                            const bf16* __restrict__ v_cache, const u32* __restrict__ positions,
+//
+// FUSED (one query row, T = 1): the block also does rotary_append's work for this step, so no
+// launch runs between the qkv GEMV and attention. It rotates q itself (theta > 0; ALiBi models pass
+// theta = 0 and nothing rotates), and the new key k and value v of its group live in shared memory:
+// the lane whose key is positions[0] takes them from there instead of the cache, and one block per
+// group (its first head, the split holding the position) writes them to the cache slot. No other
+// block of the launch reads that slot from the cache, so there is no race; the values and roundings
+// are rotary_append_bf16's exactly.
+template <int HD, bool FUSED>
+__device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, bf16* __restrict__ k_cache,
+                                            bf16* __restrict__ v_cache, const u32* __restrict__ positions,
                                             const float* __restrict__ slopes, float* __restrict__ part_o,
                                             float* __restrict__ part_ml, bf16* __restrict__ out, int n_head,
-                                            int n_kv, int row_width, float scale) {
+                                            int n_kv, int row_width, float scale, float theta, float position_scale) {
     constexpr int EPL = HD / 32;              // output dims per lane
     constexpr int KW = HD / 8;                // 16-byte words of a K row
     constexpr int VB = HD == 64 ? 32 : 16;    // V rows in flight per lane
@@ -191,8 +233,21 @@ __device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, const 
     const int qpk = n_head / n_kv, g = h / qpk;
     const bf16* q = qkv + (i64)t * row_width + (g * (qpk + 2) + h % qpk) * HD;
     const int pos = (int)positions[t];
-    for (int d = threadIdx.x; d < HD; d += blockDim.x) qs[d] = bf2f(q[d]);
+    __shared__ __align__(16) bf16 knew[FUSED ? HD : 1], vnew[FUSED ? HD : 1];  // this step's k (rotated) and v
+    if (FUSED) {
+        const bf16* kq = qkv + (i64)g * (qpk + 2) * HD + qpk * HD;  // the group's K head (T = 1: row 0)
+        rotate_q_k<HD>(q, kq, kq + HD, pos, theta, position_scale, qs, knew, vnew);
+    } else {
+        for (int d = threadIdx.x; d < HD; d += blockDim.x) qs[d] = bf2f(q[d]);
+    }
     __syncthreads();
+    if (FUSED && h % qpk == 0 && pos / DEC_SPLIT == split) {  // the group's writer of the cache slot
+        const i64 dst = ((i64)pos * n_kv + g) * HD;
+        for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+            k_cache[dst + d] = knew[d];
+            v_cache[dst + d] = vnew[d];
+        }
+    }
     const int begin = split * DEC_SPLIT, end = min(pos + 1, begin + DEC_SPLIT);
     const float slope = (slopes != nullptr) ? slopes[h] : 0.f;
     const i64 key_stride = (i64)n_kv * HD;  // elements between consecutive keys of a group
@@ -227,6 +282,15 @@ __device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, const 
 #pragma unroll
         for (int jj = 0; jj < VB; jj++) mix ^= vr[jj].first();
         float dot = __uint_as_float(mix & opaque_zero);
+        if (FUSED && pos - c0 < 32) {  // this chunk holds the new key: k and v from shared memory
+            if (j == pos)
+#pragma unroll
+                for (int v = 0; v < KW; v++) kr[v] = reinterpret_cast<const uint4*>(knew)[v];
+            if (VB == 32)  // HD 128 substitutes in its second load (below)
+#pragma unroll
+                for (int jj = 0; jj < VB; jj++)
+                    if (c0 + jj == pos) vr[jj].load_shared(vnew + lane * EPL);
+        }
 #pragma unroll
         for (int v = 0; v < KW; v++) {
             float kf[8];
@@ -244,7 +308,13 @@ __device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, const 
         for (int e = 0; e < EPL; e++) acc[e] *= corr;
 #pragma unroll
         for (int b = 0; b < 32; b += VB) {
-            if (b > 0) load_v(b);  // HD 128: the second half of the chunk's V rows
+            if (b > 0) {  // HD 128: the second half of the chunk's V rows
+                load_v(b);
+            }
+            if (FUSED && VB < 32 && pos - c0 - b >= 0 && pos - c0 - b < VB)
+#pragma unroll
+                for (int jj = 0; jj < VB; jj++)
+                    if (c0 + b + jj == pos) vr[jj].load_shared(vnew + lane * EPL);
 #pragma unroll
             for (int jj = 0; jj < VB; jj++) {
                 const float pj = __shfl_sync(FULL_MASK, p, b + jj);
@@ -507,7 +577,16 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
         const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const u32* positions, const float* slopes, \
         float* part_o, float* part_ml, bf16* out, int n_head, int n_kv, int row_width, float scale) {      \
         PDL_ENTER();                                                                                   \
-        decode_body<HD>(qkv, k_cache, v_cache, positions, slopes, part_o, part_ml, out, n_head, n_kv, row_width, scale); \
+        decode_body<HD, false>(qkv, const_cast<bf16*>(k_cache), const_cast<bf16*>(v_cache), positions, slopes, part_o, \
+                               part_ml, out, n_head, n_kv, row_width, scale, 0.f, 1.f);                      \
+    }                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) attention_decode_fused_bf16_hd##HD(     \
+        const bf16* qkv, bf16* k_cache, bf16* v_cache, const u32* positions, const float* slopes,         \
+        float* part_o, float* part_ml, bf16* out, int n_head, int n_kv, int row_width, float scale,        \
+        float theta, float position_scale) {                                                               \
+        PDL_ENTER();                                                                                   \
+        decode_body<HD, true>(qkv, k_cache, v_cache, positions, slopes, part_o, part_ml, out, n_head, n_kv, \
+                              row_width, scale, theta, position_scale);                                   \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(128) attention_prefill_tc_bf16_hd##HD(                    \
         const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const u32* positions, const float* slopes, \

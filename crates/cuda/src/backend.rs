@@ -62,6 +62,9 @@ pub struct CudaBackend {
     sample_scratch: Mutex<Option<DeviceBuffer<u32>>>,
     /// `linear_pair` at T = 1 as one launch (Falcon's parallel blocks); off with PEREGRINE_NO_PAIR_GEMV.
     pair_gemv: bool,
+    /// One-row attention also rotates and appends (append_attend in one launch); off with
+    /// PEREGRINE_NO_FUSED_ATTENTION.
+    fused_attention: bool,
     /// Decode-step stages left out for timing experiments (PEREGRINE_LAB_SKIP; results are wrong).
     lab_skip: LabSkip,
     /// The ALiBi slopes last used, uploaded once (a model's constant).
@@ -161,6 +164,7 @@ impl CudaBackend {
             attn_scratch: Mutex::new(None),
             sample_scratch: Mutex::new(None),
             pair_gemv: std::env::var_os("PEREGRINE_NO_PAIR_GEMV").is_none(),
+            fused_attention: std::env::var_os("PEREGRINE_NO_FUSED_ATTENTION").is_none(),
             lab_skip: LabSkip::from_env(),
             alibi: Mutex::new(None),
         })
@@ -308,6 +312,59 @@ impl CudaBackend {
     }
 
     /// Cache capacity P of a layer and a check that every position fits.
+    /// The lengths and positions every attention path needs.
+    fn check_attention(&self, qkv: &CudaBuf, cache: &LayerKv<Self>, params: &AttentionParams<'_>, out: &CudaBuf) -> Result<()> {
+        let l = params.layout;
+        Self::check_layout("attention", l)?;
+        let t = params.positions.len();
+        check_len("attention", "qkv", qkv.len(), t * l.row_width())?;
+        check_len("attention", "out", out.len(), t * l.n_head * l.head_dim)?;
+        self.check_positions("attention", cache, l, params.positions)?;
+        if let Some(s) = params.alibi_slopes {
+            check_len("attention", "alibi slopes", s.len(), l.n_head)?;
+        }
+        Ok(())
+    }
+
+    /// The arguments every attention kernel starts with: qkv, k and v caches, positions, slopes.
+    fn attention_args(&self, qkv: &CudaBuf, cache: &LayerKv<Self>, params: &AttentionParams<'_>) -> Result<Args> {
+        let pos = self.indices(params.positions, true)?;
+        let slopes = match params.alibi_slopes {
+            Some(s) => Some(self.alibi_slopes(s)?),
+            None => None,
+        };
+        Ok(Args::new().ptr(qkv.ptr()).ptr(cache.k.ptr()).ptr(cache.v.ptr()).ptr(pos.ptr()).opt(slopes))
+    }
+
+    /// Flash-decoding for at most DECODE_MAX_ROWS rows (checked by the caller): S splits of
+    /// DECODE_SPLIT keys (splits past a row's position do nothing), then a merge when S > 1.
+    /// `fused` = Some((theta, position_scale)): one row, and the kernel also rotates (theta > 0) and
+    /// appends this step's K/V (attention_decode_fused_*; theta 0 appends without rotating).
+    fn decode_attention(&self, qkv: &CudaBuf, cache: &LayerKv<Self>, params: &AttentionParams<'_>, out: &CudaBuf, fused: Option<(f32, f32)>) -> Result<()> {
+        let (l, t, hd) = (params.layout, params.positions.len(), params.layout.head_dim);
+        let a = self.attention_args(qkv, cache, params)?;
+        let splits = self.key_bound(params.positions)?.div_ceil(DECODE_SPLIT).max(1);
+        let o_len = t * l.n_head * splits * hd;
+        let scratch = self.scratch(&self.attn_scratch, o_len + t * l.n_head * splits * 2)?;
+        let (part_o, part_ml) = (scratch, scratch + 4 * o_len as u64);
+        let a = a.ptr(part_o).ptr(part_ml).ptr(out.ptr()).i32(l.n_head as i32).i32(l.n_kv as i32).i32(l.row_width() as i32).f32(params.scale);
+        let (name, a) = match fused {
+            Some((theta, position_scale)) => (if hd == 64 { "attention_decode_fused_bf16_hd64" } else { "attention_decode_fused_bf16_hd128" }, a.f32(theta).f32(position_scale)),
+            None => (if hd == 64 { "attention_decode_bf16_hd64" } else { "attention_decode_bf16_hd128" }, a),
+        };
+        let g = Grid::new((t as u32, l.n_head as u32, splits as u32), DECODE_THREADS).with_pdl();
+        // SAFETY: every length and position checked by the caller (check_attention); partials sized
+        // (T, H, S, Hd) and (T, H, S, 2); the fused kernel writes only the cache slot positions[0].
+        unsafe {
+            self.dev.launch("attention", name, g, a)?;
+            if splits == 1 {
+                return Ok(()); // the kernel wrote the output
+            }
+            let a = Args::new().ptr(part_o).ptr(part_ml).ptr(out.ptr()).i32(l.n_head as i32).i32(hd as i32).i32(splits as i32);
+            self.dev.launch("attention", "attention_combine_bf16", Grid::new((t as u32, l.n_head as u32, 1), hd as u32).with_pdl(), a)
+        }
+    }
+
     fn check_positions(&self, op: &str, cache: &LayerKv<Self>, layout: QkvLayout, positions: &[u32]) -> Result<usize> {
         let per_pos = layout.n_kv * layout.head_dim;
         if per_pos == 0 || cache.k.len() != cache.v.len() {
@@ -649,51 +706,47 @@ impl Backend for CudaBackend {
         unsafe { self.dev.launch("rotary", "append_kv_bf16", g, a) }
     }
 
+    fn append_attend(
+        &self,
+        qkv: &mut CudaBuf,
+        cache: &mut LayerKv<Self>,
+        rope: Option<RotaryParams>,
+        params: &AttentionParams<'_>,
+        out: &mut CudaBuf,
+    ) -> Result<()> {
+        let fuse = self.fused_attention
+            && params.positions.len() == 1
+            && ATTENTION_HEAD_DIMS.contains(&params.layout.head_dim)
+            && !self.lab_skip.rotary
+            && !self.lab_skip.attention;
+        if !fuse {
+            return peregrine_core::backend::append_then_attend(self, qkv, cache, rope, params, out);
+        }
+        self.check_attention(qkv, cache, params, out)?;
+        let rope = rope.map_or((0.0, 1.0), |r| (r.theta, r.position_scale));
+        self.decode_attention(qkv, cache, params, out, Some(rope))
+    }
+
     fn attention(&self, qkv: &CudaBuf, cache: &LayerKv<Self>, params: &AttentionParams<'_>, out: &mut CudaBuf) -> Result<()> {
         let l = params.layout;
-        Self::check_layout("attention", l)?;
         let t = params.positions.len();
-        check_len("attention", "qkv", qkv.len(), t * l.row_width())?;
-        check_len("attention", "out", out.len(), t * l.n_head * l.head_dim)?;
-        self.check_positions("attention", cache, l, params.positions)?;
-        if let Some(s) = params.alibi_slopes {
-            check_len("attention", "alibi slopes", s.len(), l.n_head)?;
-        }
+        self.check_attention(qkv, cache, params, out)?;
         if t == 0 {
             return Ok(());
-        }
-        let pos = self.indices(params.positions, true)?;
-        let slopes = match params.alibi_slopes {
-            Some(s) => Some(self.alibi_slopes(s)?),
-            None => None,
-        };
-        let hd = l.head_dim;
-        let a = Args::new().ptr(qkv.ptr()).ptr(cache.k.ptr()).ptr(cache.v.ptr()).ptr(pos.ptr()).opt(slopes);
-        if !ATTENTION_HEAD_DIMS.contains(&hd) {
-            return self.attention_generic(a, l, params, out);
         }
         if t == 1 && self.lab_skip.attention {
             return Ok(());
         }
-        if t <= DECODE_MAX_ROWS {
-            // Flash-decoding: S splits of DECODE_SPLIT keys (splits past a row's position do nothing), then a merge.
-            let splits = self.key_bound(params.positions)?.div_ceil(DECODE_SPLIT).max(1);
-            let o_len = t * l.n_head * splits * hd;
-            let scratch = self.scratch(&self.attn_scratch, o_len + t * l.n_head * splits * 2)?;
-            let (part_o, part_ml) = (scratch, scratch + 4 * o_len as u64);
-            let name = if hd == 64 { "attention_decode_bf16_hd64" } else { "attention_decode_bf16_hd128" };
-            let a = a.ptr(part_o).ptr(part_ml).ptr(out.ptr()).i32(l.n_head as i32).i32(l.n_kv as i32).i32(l.row_width() as i32).f32(params.scale);
-            let g = Grid::new((t as u32, l.n_head as u32, splits as u32), DECODE_THREADS).with_pdl();
-            // SAFETY: every length and position checked above; partials sized (T, H, S, Hd) and (T, H, S, 2).
-            unsafe {
-                self.dev.launch("attention", name, g, a)?;
-                if splits == 1 {
-                    return Ok(()); // the kernel wrote the output
-                }
-                let a = Args::new().ptr(part_o).ptr(part_ml).ptr(out.ptr()).i32(l.n_head as i32).i32(hd as i32).i32(splits as i32);
-                self.dev.launch("attention", "attention_combine_bf16", Grid::new((t as u32, l.n_head as u32, 1), hd as u32).with_pdl(), a)
-            }
-        } else if self.prefill_attention() == PrefillAttention::TensorCore {
+        let hd = l.head_dim;
+        let specialised = ATTENTION_HEAD_DIMS.contains(&hd);
+        if specialised && t <= DECODE_MAX_ROWS {
+            return self.decode_attention(qkv, cache, params, out, None);
+        }
+        let a = self.attention_args(qkv, cache, params)?;
+        if !specialised {
+            return self.attention_generic(a, l, params, out);
+        }
+        if self.prefill_attention() == PrefillAttention::TensorCore {
             let name = if hd == 64 { "attention_prefill_tc_bf16_hd64" } else { "attention_prefill_tc_bf16_hd128" };
             let smem = (4 * 64 * (hd + 8) * 2) as u32; // K and V tiles, two stages
             let a = a.ptr(out.ptr()).i32(t as i32).i32(l.n_head as i32).i32(l.n_kv as i32).i32(l.row_width() as i32).f32(params.scale);

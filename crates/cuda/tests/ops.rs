@@ -142,7 +142,10 @@ fn gelu_add_copy_rows_match_cpu() {
 
 /// One attention scenario: several forward steps over one cache (prefill, decode rows,
 /// continued prefill), each with fresh qkv; rotary (if any) and append_kv on both backends.
-fn attention_case(gpu: &CudaBackend, name: &str, layout: QkvLayout, alibi: bool, rope: Option<RotaryParams>, steps: &[Vec<u32>], seed: u64) {
+/// One model's attention over `steps` of query rows, the GPU against the CPU: rotary, the cache
+/// append and attention each checked. `one_launch`: one-row steps go through `append_attend` (the
+/// CUDA decode kernel that also rotates and appends); the cache must then match the CPU's too.
+fn attention_case(gpu: &CudaBackend, name: &str, layout: QkvLayout, alibi: bool, rope: Option<RotaryParams>, steps: &[Vec<u32>], seed: u64, one_launch: bool) {
     let cpu = cpu();
     let mut rng = Rng::new(seed);
     let capacity = steps.iter().flatten().copied().max().unwrap_or(0) as usize + 1;
@@ -157,6 +160,25 @@ fn attention_case(gpu: &CudaBackend, name: &str, layout: QkvLayout, alibi: bool,
         let mut gq = gpu.upload(&qkv).unwrap();
         let mut cq = cpu.upload(&qkv).unwrap();
         let tag = format!("{name} T={t} from pos {}", positions[0]);
+        let params = AttentionParams {
+            layout,
+            positions,
+            scale: 1.0 / (layout.head_dim as f32).sqrt(),
+            alibi_slopes: alibi.then_some(slopes.as_slice()),
+        };
+        let out_len = t * layout.n_head * layout.head_dim;
+        let mut co = cpu.alloc(out_len).unwrap();
+        if one_launch && t == 1 {
+            let mut go = poisoned(gpu, out_len);
+            gpu.append_attend(&mut gq, &mut gcache, rope, &params, &mut go).unwrap();
+            peregrine_core::backend::append_then_attend(&cpu, &mut cq, &mut ccache, rope, &params, &mut co).unwrap();
+            check(&format!("append_attend, one launch ({tag})"), &gpu.download(&go, 0, out_len).unwrap(), &co[..], TOL_BF16_CHAIN);
+            let cached = (positions[0] as usize + 1) * layout.n_kv * layout.head_dim;
+            for (what, g, c) in [("k", &gcache.k, &ccache.k), ("v", &gcache.v, &ccache.v)] {
+                check(&format!("append_attend {what} cache ({tag})"), &gpu.download(g, 0, cached).unwrap(), &c[..cached], TOL_BF16);
+            }
+            continue;
+        }
         // Rotary models alternate between the fused rotary_append and rotary then append_kv.
         let fused = rope.is_some() && step % 2 == 1;
         if let Some(r) = rope {
@@ -172,15 +194,7 @@ fn attention_case(gpu: &CudaBackend, name: &str, layout: QkvLayout, alibi: bool,
             gpu.append_kv(&gq, layout, positions, &mut gcache).unwrap();
         }
         cpu.append_kv(&cq, layout, positions, &mut ccache).unwrap();
-        let params = AttentionParams {
-            layout,
-            positions,
-            scale: 1.0 / (layout.head_dim as f32).sqrt(),
-            alibi_slopes: alibi.then_some(slopes.as_slice()),
-        };
-        let out_len = t * layout.n_head * layout.head_dim;
         let mut go = poisoned(gpu, out_len);
-        let mut co = cpu.alloc(out_len).unwrap();
         gpu.attention(&gq, &gcache, &params, &mut go).unwrap();
         cpu.attention(&cq, &ccache, &params, &mut co).unwrap();
         let kind = if t <= peregrine_cuda::backend::DECODE_MAX_ROWS { "decode" } else { "prefill" };
@@ -201,14 +215,15 @@ fn rotary_append_attention_match_cpu() {
     let mha = QkvLayout { n_head: 4, n_kv: 4, head_dim: 64 };
     // Long enough for several decode splits (256 keys each) and several prefill key tiles.
     let long: Vec<Vec<u32>> = vec![(0..300).collect(), vec![300], (301..304).collect(), (304..620).collect(), vec![620]];
-    for kind in [PrefillAttention::TensorCore, PrefillAttention::Simt] {
+    // Every case twice: one-row steps as separate launches, then through the one-launch decode.
+    for (kind, one) in [(PrefillAttention::TensorCore, false), (PrefillAttention::Simt, false), (PrefillAttention::TensorCore, true)] {
         gpu.set_prefill_attention(kind);
-        let k = format!("{kind:?}");
-        attention_case(&gpu, &format!("{k} GQA 8q/2kv hd64 rope"), gqa, false, Some(rope), &steps(), 10);
-        attention_case(&gpu, &format!("{k} MQA 8q/1kv hd128 rope/2"), mqa, false, Some(RotaryParams { theta: 500000.0, position_scale: 2.0 }), &steps(), 11);
-        attention_case(&gpu, &format!("{k} MHA 4 heads hd64 alibi"), mha, true, None, &steps(), 12);
-        attention_case(&gpu, &format!("{k} GQA 8q/2kv hd64 rope long"), gqa, false, Some(rope), &long, 13);
-        attention_case(&gpu, &format!("{k} MHA 4 heads hd128 alibi long"), QkvLayout { n_head: 4, n_kv: 4, head_dim: 128 }, true, None, &long, 14);
+        let k = format!("{kind:?}{}", if one { " one-launch decode" } else { "" });
+        attention_case(&gpu, &format!("{k} GQA 8q/2kv hd64 rope"), gqa, false, Some(rope), &steps(), 10, one);
+        attention_case(&gpu, &format!("{k} MQA 8q/1kv hd128 rope/2"), mqa, false, Some(RotaryParams { theta: 500000.0, position_scale: 2.0 }), &steps(), 11, one);
+        attention_case(&gpu, &format!("{k} MHA 4 heads hd64 alibi"), mha, true, None, &steps(), 12, one);
+        attention_case(&gpu, &format!("{k} GQA 8q/2kv hd64 rope long"), gqa, false, Some(rope), &long, 13, one);
+        attention_case(&gpu, &format!("{k} MHA 4 heads hd128 alibi long"), QkvLayout { n_head: 4, n_kv: 4, head_dim: 128 }, true, None, &long, 14, one);
     }
 }
 

@@ -225,18 +225,13 @@ impl<B: Backend> Falcon<B> {
     /// attn = attention(rotary(qkv)), writing this step's K/V into the cache.
     fn attend(&self, backend: &B, positions: &[u32], kv: &mut peregrine_core::LayerKv<B>, ws: &mut Workspace<B>) -> Result<()> {
         let c = &self.config;
-        let layout = c.qkv_layout();
-        match c.rotary() {
-            Some(rope) => backend.rotary_append(&mut ws.qkv, layout, positions, rope, kv)?,
-            None => backend.append_kv(&ws.qkv, layout, positions, kv)?,
-        }
         let params = AttentionParams {
-            layout,
+            layout: c.qkv_layout(),
             positions,
             scale: 1.0 / (c.head_dim as f32).sqrt(),
             alibi_slopes: self.alibi.as_deref(),
         };
-        backend.attention(&ws.qkv, kv, &params, &mut ws.attn)
+        backend.append_attend(&mut ws.qkv, kv, c.rotary(), &params, &mut ws.attn)
     }
 
     /// logits = lm_head(ln_f(x)) for the requested rows.
