@@ -147,7 +147,6 @@ pub struct MemoryStats {
     pub peak_bytes: u64,
 }
 
-/// The operations of a Falcon forward pass.
 /// One product of a grouped linear call (`Backend::linear_pair`):
 /// x (T, K) @ W^T (+ bias).
 pub struct LinearInput<'a, B: Backend + ?Sized> {
@@ -163,6 +162,23 @@ impl<B: Backend + ?Sized> Clone for LinearInput<'_, B> {
 }
 impl<B: Backend + ?Sized> Copy for LinearInput<'_, B> {}
 
+/// The LayerNorms in front of a parallel block's pair (`Backend::norm_linear_pair`): (weight,
+/// bias) of the norm product a reads, of the one b reads when the block has two (None: b reads a's
+/// output too), and eps.
+pub struct PairNorms<'a, B: Backend + ?Sized> {
+    pub a: (&'a B::Buf, &'a B::Buf),
+    pub b: Option<(&'a B::Buf, &'a B::Buf)>,
+    pub eps: f32,
+}
+
+/// One product of `Backend::norm_linear_pair`: weights, bias and epilogue (its x is a norm's output).
+pub struct PairSide<'a, B: Backend + ?Sized> {
+    pub w: &'a B::Linear,
+    pub bias: Option<&'a B::Buf>,
+    pub epi: Epilogue,
+}
+
+/// The operations of a Falcon forward pass.
 pub trait Backend {
     /// An activation buffer (f32 on the CPU, bf16 or f32 on a GPU).
     type Buf;
@@ -257,6 +273,32 @@ pub trait Backend {
     ) -> Result<()> {
         self.linear_fused(a.x, rows, a.w, a.bias, epi_a, out_a)?;
         self.linear_fused(b.x, rows, b.w, b.bias, epi_b, out_b)
+    }
+    /// out += a.x @ a.w^T (+ a.bias) + b.x @ b.w^T (+ b.bias), both products N wide (Falcon's parallel
+    /// block: dense and dense_4h_to_h into the residual). A backend may compute both in one pass and
+    /// round once; the default adds them one after the other.
+    fn linear_sum(&self, rows: usize, a: LinearInput<'_, Self>, b: LinearInput<'_, Self>, out: &mut Self::Buf) -> Result<()> {
+        self.linear_fused(a.x, rows, a.w, a.bias, Epilogue::Accumulate, out)?;
+        self.linear_fused(b.x, rows, b.w, b.bias, Epilogue::Accumulate, out)
+    }
+    /// A parallel block's entry: ln_a = LayerNorm(x) with norms.a, ln_b = LayerNorm(x) with norms.b
+    /// (when there are two), then `linear_pair` of a on ln_a and b on ln_b (or ln_a). A backend that
+    /// normalises inside the products may leave ln_a and ln_b unwritten.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_linear_pair(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        norms: PairNorms<'_, Self>,
+        ln_a: &mut Self::Buf,
+        ln_b: &mut Self::Buf,
+        a: PairSide<'_, Self>,
+        out_a: &mut Self::Buf,
+        b: PairSide<'_, Self>,
+        out_b: &mut Self::Buf,
+    ) -> Result<()> {
+        norm_then_pair(self, x, rows, dim, norms, ln_a, ln_b, a, out_a, b, out_b)
     }
     /// Rotate the Q and K heads of a fused qkv (T, row_width) in place.
     fn rotary(
@@ -423,4 +465,29 @@ pub fn append_then_attend<B: Backend + ?Sized>(
         None => b.append_kv(qkv, params.layout, params.positions, cache)?,
     }
     b.attention(qkv, cache, params, out)
+}
+
+/// `Backend::norm_linear_pair` as separate steps: the norm(s) into ln_a (ln_b), then `linear_pair`.
+#[allow(clippy::too_many_arguments)]
+pub fn norm_then_pair<B: Backend + ?Sized>(
+    be: &B,
+    x: &B::Buf,
+    rows: usize,
+    dim: usize,
+    norms: PairNorms<'_, B>,
+    ln_a: &mut B::Buf,
+    ln_b: &mut B::Buf,
+    a: PairSide<'_, B>,
+    out_a: &mut B::Buf,
+    b: PairSide<'_, B>,
+    out_b: &mut B::Buf,
+) -> Result<()> {
+    match norms.b {
+        Some(nb) => be.layer_norm2(x, rows, dim, norms.a, nb, norms.eps, ln_a, ln_b)?,
+        None => be.layer_norm(x, rows, dim, norms.a.0, norms.a.1, norms.eps, ln_a)?,
+    }
+    let xb: &B::Buf = if norms.b.is_some() { ln_b } else { ln_a };
+    let ia = LinearInput { x: ln_a, w: a.w, bias: a.bias };
+    let ib = LinearInput { x: xb, w: b.w, bias: b.bias };
+    be.linear_pair(rows, ia, a.epi, out_a, ib, b.epi, out_b)
 }

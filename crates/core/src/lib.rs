@@ -14,7 +14,7 @@ pub mod scoring;
 pub mod tensor;
 pub mod weights;
 
-pub use backend::{AttentionParams, Backend, Epilogue, KvCache, LayerKv, LinearInput, MemoryStats, QkvLayout, RotaryParams, SyntheticFormat};
+pub use backend::{AttentionParams, Backend, Epilogue, KvCache, LayerKv, LinearInput, MemoryStats, PairNorms, PairSide, QkvLayout, RotaryParams, SyntheticFormat};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use tensor::HostTensor;

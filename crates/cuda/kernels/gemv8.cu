@@ -9,6 +9,8 @@
 //   gemv_mma_int8w_bf16               2 <= T <= 8, K % 64 == 0 (tensor cores, gemv_mma_body)
 //   gemv_int8w_bf16_t{2,4,8}          T <= 2/4/8 when K % 64 != 0
 //   gemv_{bf16,int8w_bf16}_t1_pair    two T = 1 products in one launch (both argument lists, blocks0)
+//   gemv_{bf16,int8w_bf16}_t1_pair_ln the same from the row before its LayerNorms (see the macro)
+//   gemv_{bf16,int8w_bf16}_t1_dual    out += x.W^T + x2.W2^T, T = 1, one pass (see Seg2)
 // Thread mapping (gemv_body): one wave of blocks (the host launches at most GEMV8_BLOCKS_PER_SM
 //   blocks per SM, all resident), block b owns the rows [N*b/G, N*(b+1)/G): an equal share to one
 //   row, so no block waits on a second wave and every block ends at about the same time. The block
@@ -55,6 +57,7 @@ __device__ __forceinline__ void int8x4_to_f32(u32 w, float* f) {
 /// bf16 weights: 8 per word, no scale.
 struct WeightsBf16 {
     static constexpr int PER_WORD = 8;
+    static constexpr bool SCALED = false;  // finish() is the identity
     /// The 8 weights of chunk `c` (8 weights; a bf16 word is one chunk) of word q.
     __device__ static __forceinline__ void chunk(const uint4& q, int, float* w) { unpack8_bf16(q, w); }
     __device__ static __forceinline__ float finish(float acc, const float*, int) { return acc; }
@@ -63,6 +66,7 @@ struct WeightsBf16 {
 /// LLM.int8 weight-only: 16 weights per word (2 chunks of 8), row scale applied at the end.
 struct WeightsInt8 {
     static constexpr int PER_WORD = 16;
+    static constexpr bool SCALED = true;  // finish() applies the row's scale
     __device__ static __forceinline__ void chunk(const uint4& q, int c, float* w) {
         int8x4_to_f32(c == 0 ? q.x : q.z, w);
         int8x4_to_f32(c == 0 ? q.y : q.w, w + 4);
@@ -74,7 +78,7 @@ struct WeightsInt8 {
 };
 
 /// acc[r][t] += x[t, k of the words] . weights of q[u][r] for the U words from w0 (stride `step`).
-template <class W, int MAXT, int R, int U>
+template <class W, int MAXT, int R, int U, bool XS = false>
 __device__ __forceinline__ void dot_words(float (&acc)[R][MAXT], const uint4 (&q)[U][R], const bf16* __restrict__ x,
                                           int K, int T, int w0, int step, int words) {
     constexpr int CHUNKS = W::PER_WORD / 8;
@@ -88,7 +92,10 @@ __device__ __forceinline__ void dot_words(float (&acc)[R][MAXT], const uint4 (&q
             float xf[MAXT][8];
 #pragma unroll
             for (int t = 0; t < MAXT; t++)
-                if (t < T) unpack8_bf16(__ldg(reinterpret_cast<const uint4*>(x + (i64)t * K + k)), xf[t]);
+                if (t < T) {
+                    const uint4* xp = reinterpret_cast<const uint4*>(x + (i64)t * K + k);
+                    unpack8_bf16(XS ? *xp : __ldg(xp), xf[t]);  // XS: x in shared memory
+                }
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 float wv[8];
@@ -143,42 +150,167 @@ __device__ __forceinline__ void finish_group(float (&acc)[R][MAXT], float (&part
     }
 }
 
+/// The second product of a dual GEMV (gemv_body DUAL, T = 1): out[n] += x.W[n] + x2.W2[n] (+ both
+/// biases) with W (N, K) and W2 (N, K2) walked row by row as if concatenated along K, so one launch
+/// streams both and every output is finished in one place (Falcon's dense + dense_4h_to_h into x).
+struct Seg2 {
+    const bf16* x;
+    const u8* w;
+    const float* scb;
+    int K;
+    const bf16* bias;
+};
+
+/// finish_group for DUAL (T = 1): acc holds the W sums, acc2 the W2 sums (scaled weights only;
+/// unscaled ones add both into acc); partial is [WARPS][2R].
+template <class W, int R, int WARPS>
+__device__ __forceinline__ void finish_group_dual(float (&acc)[R][1], float (&acc2)[R][1], float (&partial)[WARPS][2 * R],
+                                                  int row0, int row_end, const float* __restrict__ scb, const Seg2& s2,
+                                                  int N, const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const float v = warp_sum(acc[r][0]), v2 = W::SCALED ? warp_sum(acc2[r][0]) : 0.f;
+        if (lane == 0) {
+            partial[warp][2 * r] = v;
+            partial[warp][2 * r + 1] = v2;
+        }
+        acc[r][0] = acc2[r][0] = 0.f;
+    }
+    __syncthreads();
+    const int r = threadIdx.x, n = row0 + r;
+    if (r < R && n < row_end) {
+        float s = 0.f, s2sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < WARPS; j++) s += partial[j][2 * r], s2sum += partial[j][2 * r + 1];
+        float v = W::finish(s, scb, n);
+        if (W::SCALED) v += W::finish(s2sum, s2.scb, n);
+        if (bias != nullptr) v += bf2f(bias[n]);
+        if (s2.bias != nullptr) v += bf2f(s2.bias[n]);
+        store_epilogue(out, n, v, epi);
+    }
+}
+
+/// xs (D bf16, shared memory) = LayerNorm of the row x (D % 8 == 0) with weight w and bias b:
+/// layernorm2_vec_bf16's arithmetic (two-pass f32 statistics, each thread summing its 16-byte words
+/// in the same order, the same block sums), so the normalised row is the same for the same block
+/// size. Every thread of the block must call it; it ends with a barrier.
+__device__ __forceinline__ void layer_norm_to_smem(const bf16* __restrict__ x, int D, const bf16* __restrict__ w,
+                                                   const bf16* __restrict__ b, float eps, bf16* xs) {
+    __shared__ float scratch[32];
+    const int words = D / 8;
+    const uint4* xr = reinterpret_cast<const uint4*>(x);
+    float s = 0.f;
+    for (int i = threadIdx.x; i < words; i += blockDim.x) {
+        float v[8];
+        unpack8_bf16(xr[i], v);
+#pragma unroll
+        for (int e = 0; e < 8; e++) s += v[e];
+    }
+    const float mean = block_sum(s, scratch) / (float)D;
+    float q = 0.f;
+    for (int i = threadIdx.x; i < words; i += blockDim.x) {
+        float v[8];
+        unpack8_bf16(xr[i], v);
+#pragma unroll
+        for (int e = 0; e < 8; e++) {
+            const float d = v[e] - mean;
+            q += d * d;
+        }
+    }
+    const float rstd = 1.0f / sqrtf(block_sum(q, scratch) / (float)D + eps);
+    for (int i = threadIdx.x; i < words; i += blockDim.x) {
+        float v[8], wf[8], bf[8];
+        unpack8_bf16(xr[i], v);
+        unpack8_bf16(reinterpret_cast<const uint4*>(w)[i], wf);
+        unpack8_bf16(reinterpret_cast<const uint4*>(b)[i], bf);
+        __nv_bfloat162 h[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            h[e].x = f2bf((v[2 * e] - mean) * rstd * wf[2 * e] + bf[2 * e]);
+            h[e].y = f2bf((v[2 * e + 1] - mean) * rstd * wf[2 * e + 1] + bf[2 * e + 1]);
+        }
+        reinterpret_cast<uint4*>(xs)[i] = *reinterpret_cast<uint4*>(h);
+    }
+    __syncthreads();
+}
+
 /// See the file comment. Block = WARPS warps; steps = (row groups of R) x (K chunks of U words a lane).
 /// `blk` of `nblk` blocks share the N rows (a pair launch gives each product its own range of blocks).
-template <class W, int MAXT, int R, int U, int WARPS>
+/// LN (T = 1): x is the row before its LayerNorm (ln_w, ln_b, eps); each block normalises it into
+/// dynamic shared memory (K bf16) once the previous kernel is done, and reads x from there.
+/// DUAL (T = 1): also s2's product, its chunks after W's in every row group (see Seg2).
+template <class W, int MAXT, int R, int U, int WARPS, bool LN = false, bool DUAL = false>
 __device__ __forceinline__ void gemv_body(const bf16* __restrict__ x, const u8* __restrict__ w,
                                           const float* __restrict__ scb, int N, int K, int T,
                                           const bf16* __restrict__ bias, int epi, bf16* __restrict__ out, int blk,
-                                          int nblk) {
-    __shared__ float partial[2][WARPS][R * MAXT];
+                                          int nblk, const bf16* __restrict__ ln_w = nullptr,
+                                          const bf16* __restrict__ ln_b = nullptr, float eps = 0.f,
+                                          Seg2 s2 = Seg2{nullptr, nullptr, nullptr, 0, nullptr}) {
+    static_assert(!DUAL || MAXT == 1, "the dual GEMV is T = 1");
+    __shared__ float partial[2][WARPS][R * MAXT * (DUAL ? 2 : 1)];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int words = K / W::PER_WORD;
-    const i64 row_bytes = (i64)words * 16;
+    const int words = K / W::PER_WORD, words2 = DUAL ? s2.K / W::PER_WORD : 0;
+    const i64 row_bytes = (i64)words * 16, row_bytes2 = (i64)words2 * 16;
     const int row_begin = (int)((i64)N * blk / nblk);
     const int row_end = (int)((i64)N * (blk + 1) / nblk);
     const int stride = 32 * WARPS;                           // words between a lane's words of a row
-    const int chunks = (words + stride * U - 1) / (stride * U);  // steps per row group
+    const int chunks1 = (words + stride * U - 1) / (stride * U);  // steps per row group over W
+    const int chunks = chunks1 + (DUAL ? (words2 + stride * U - 1) / (stride * U) : 0);  // (+ W2)
     const int steps = (row_end - row_begin + R - 1) / R * chunks; // block-uniform
     const int first = warp * 32 + lane;
 
-    float acc[R][MAXT];
+    float acc[R][MAXT], acc2[R][1];  // acc2: DUAL's W2 sums (scaled weights)
 #pragma unroll
-    for (int r = 0; r < R; r++)
+    for (int r = 0; r < R; r++) {
+        acc2[r][0] = 0.f;
 #pragma unroll
         for (int t = 0; t < MAXT; t++) acc[r][t] = 0.f;
+    }
+    // The words of step (row group from `row`, chunk c): W's chunks, then (DUAL) W2's.
+    auto load_step = [&](uint4 (&dst)[U][R], int row, int c) {
+        if (!DUAL || c < chunks1)
+            load_words<R, U>(dst, w + row * row_bytes, row_bytes, row_end - row, first + c * U * stride, stride, words);
+        else
+            load_words<R, U>(dst, s2.w + row * row_bytes2, row_bytes2, row_end - row, first + (c - chunks1) * U * stride,
+                             stride, words2);
+    };
     uint4 q[U][R];
     int g_row = row_begin, c = 0;  // the current step: row group and K chunk
-    if (steps > 0) load_words<R, U>(q, w + g_row * row_bytes, row_bytes, row_end - g_row, first, stride, words);
+    if (steps > 0) load_step(q, g_row, 0);
+    if (LN)  // the norm's weight and bias are constants: into L1 now, read after the wait
+        for (int i = threadIdx.x * 64; i < K; i += blockDim.x * 64) {
+            asm volatile("prefetch.global.L1 [%0];" ::"l"(ln_w + i));
+            asm volatile("prefetch.global.L1 [%0];" ::"l"(ln_b + i));
+        }
     // Programmatic dependent launch: the first weights are in flight before waiting for the
     // kernel that writes x (and, for Accumulate, out).
     PDL_ENTER();
+    const bf16* xr = x;
+    if (LN) {
+        extern __shared__ uint4 gemv8_xs[];  // K bf16
+        layer_norm_to_smem(x, K, ln_w, ln_b, eps, reinterpret_cast<bf16*>(gemv8_xs));
+        xr = reinterpret_cast<const bf16*>(gemv8_xs);
+    }
     for (int s = 0; s < steps; s++) {
         const int n_row = c + 1 < chunks ? g_row : g_row + R, n_c = c + 1 < chunks ? c + 1 : 0;
         uint4 next[U][R];
-        if (s + 1 < steps)
-            load_words<R, U>(next, w + n_row * row_bytes, row_bytes, row_end - n_row, first + n_c * U * stride, stride, words);
-        dot_words<W, MAXT, R, U>(acc, q, x, K, T, first + c * U * stride, stride, words);
-        if (c + 1 == chunks) finish_group<W, MAXT, R, WARPS>(acc, partial[(s / chunks) & 1], g_row, row_end, scb, N, T, bias, epi, out);
+        if (s + 1 < steps) load_step(next, n_row, n_c);
+        if (!DUAL || c < chunks1)
+            dot_words<W, MAXT, R, U, LN>(acc, q, xr, K, T, first + c * U * stride, stride, words);
+        else if (W::SCALED)
+            dot_words<W, 1, R, U>(acc2, q, s2.x, s2.K, 1, first + (c - chunks1) * U * stride, stride, words2);
+        else
+            dot_words<W, MAXT, R, U>(acc, q, s2.x, s2.K, 1, first + (c - chunks1) * U * stride, stride, words2);
+        if (c + 1 == chunks) {
+            if (DUAL)
+                finish_group_dual<W, R, WARPS>(reinterpret_cast<float(&)[R][1]>(acc), acc2,
+                                               reinterpret_cast<float(&)[WARPS][2 * R]>(partial[(s / chunks) & 1]), g_row,
+                                               row_end, scb, s2, N, bias, epi, out);
+            else
+                finish_group<W, MAXT, R, WARPS>(acc, reinterpret_cast<float(&)[WARPS][R * MAXT]>(partial[(s / chunks) & 1]),
+                                                g_row, row_end, scb, N, T, bias, epi, out);
+        }
 #pragma unroll
         for (int u = 0; u < U; u++)
 #pragma unroll
@@ -344,23 +476,42 @@ __device__ __forceinline__ void gemv_mma_body(const bf16* __restrict__ x, const 
 
 // Two T = 1 products in one launch (Falcon's parallel block: qkv and h->4h): blocks [0, blocks0)
 // compute product 0, the rest product 1, each over its own rows, with its own x, epilogue and out;
-// the host splits the blocks by bytes so both finish together.
-#define GEMV8_PAIR_KERNEL(NAME, WTYPE, R, U)                                                                     \
+// the host splits the blocks by bytes so both finish together. The _ln kernels also take each
+// product's LayerNorm (weight, bias; eps): x0 and x1 are then the raw row and every block normalises
+// it itself (dynamic shared memory K bf16), so no LayerNorm launch runs before the pair.
+#define GEMV8_PAIR_KERNEL(NAME, WTYPE, R, U, LN)                                                                 \
     extern "C" __global__ void __launch_bounds__(GEMV8_WARPS * 32, GEMV8_BLOCKS_PER_SM)                          \
         NAME(const bf16* x0, const u8* w0, const float* scb0, int N0, int K0, const bf16* bias0, int epi0,        \
              bf16* out0, const bf16* x1, const u8* w1, const float* scb1, int N1, int K1, const bf16* bias1,      \
-             int epi1, bf16* out1, int blocks0) {                                                                \
+             int epi1, bf16* out1, int blocks0, const bf16* lnw0, const bf16* lnb0, const bf16* lnw1,           \
+             const bf16* lnb1, float eps) {                                                                      \
         if ((int)blockIdx.x < blocks0)                                                                           \
-            gemv_body<WTYPE, 1, R, U, GEMV8_WARPS>(x0, w0, scb0, N0, K0, 1, bias0, epi0, out0, blockIdx.x, blocks0); \
+            gemv_body<WTYPE, 1, R, U, GEMV8_WARPS, LN>(x0, w0, scb0, N0, K0, 1, bias0, epi0, out0, blockIdx.x,    \
+                                                       blocks0, lnw0, lnb0, eps);                                \
         else                                                                                                     \
-            gemv_body<WTYPE, 1, R, U, GEMV8_WARPS>(x1, w1, scb1, N1, K1, 1, bias1, epi1, out1, blockIdx.x - blocks0, \
-                                                   gridDim.x - blocks0);                                         \
+            gemv_body<WTYPE, 1, R, U, GEMV8_WARPS, LN>(x1, w1, scb1, N1, K1, 1, bias1, epi1, out1,                \
+                                                       blockIdx.x - blocks0, gridDim.x - blocks0, lnw1, lnb1, eps); \
     }
 
 GEMV8_KERNEL(gemv_bf16_t1, WeightsBf16, 1, 4, 2)
 GEMV8_KERNEL(gemv_int8w_bf16_t1, WeightsInt8, 1, 8, 1)
-GEMV8_PAIR_KERNEL(gemv_bf16_t1_pair, WeightsBf16, 4, 2)
-GEMV8_PAIR_KERNEL(gemv_int8w_bf16_t1_pair, WeightsInt8, 8, 1)
+// out += x.W^T + x2.W2^T (+ both biases) for T = 1, one wave over the N rows (gemv_body DUAL):
+// Falcon's dense and dense_4h_to_h into the residual x in one launch (epi: Accumulate).
+#define GEMV8_DUAL_KERNEL(NAME, WTYPE, R, U)                                                                     \
+    extern "C" __global__ void __launch_bounds__(GEMV8_WARPS * 32, GEMV8_BLOCKS_PER_SM)                          \
+        NAME(const bf16* x, const u8* w, const float* scb, int N, int K, const bf16* bias, int epi, bf16* out,    \
+             const bf16* x2, const u8* w2, const float* scb2, int K2, const bf16* bias2) {                       \
+        gemv_body<WTYPE, 1, R, U, GEMV8_WARPS, false, true>(x, w, scb, N, K, 1, bias, epi, out, blockIdx.x,       \
+                                                            gridDim.x, nullptr, nullptr, 0.f,                    \
+                                                            Seg2{x2, w2, scb2, K2, bias2});                      \
+    }
+
+GEMV8_DUAL_KERNEL(gemv_bf16_t1_dual, WeightsBf16, 4, 2)
+GEMV8_DUAL_KERNEL(gemv_int8w_bf16_t1_dual, WeightsInt8, 8, 1)
+GEMV8_PAIR_KERNEL(gemv_bf16_t1_pair, WeightsBf16, 4, 2, false)
+GEMV8_PAIR_KERNEL(gemv_int8w_bf16_t1_pair, WeightsInt8, 8, 1, false)
+GEMV8_PAIR_KERNEL(gemv_bf16_t1_pair_ln, WeightsBf16, 4, 2, true)
+GEMV8_PAIR_KERNEL(gemv_int8w_bf16_t1_pair_ln, WeightsInt8, 8, 1, true)
 // For K % 64 != 0 only (otherwise T >= 2 takes gemv_mma_int8w_bf16).
 GEMV8_KERNEL(gemv_int8w_bf16_t2, WeightsInt8, 2, 4, 2)
 GEMV8_KERNEL(gemv_int8w_bf16_t4, WeightsInt8, 4, 2, 2)

@@ -17,7 +17,7 @@
 
 use half::bf16;
 use peregrine_core::scoring::RowScore;
-use peregrine_core::{AttentionParams, Backend, Epilogue, Error, HostTensor, LayerKv, LinearInput, LinearWeight, MemoryStats, QkvLayout, QuantKind, Result, RotaryParams};
+use peregrine_core::{AttentionParams, Backend, Epilogue, Error, HostTensor, LayerKv, LinearInput, LinearWeight, MemoryStats, PairNorms, PairSide, QkvLayout, QuantKind, Result, RotaryParams};
 
 use std::sync::Mutex;
 
@@ -60,11 +60,8 @@ pub struct CudaBackend {
     attn_scratch: Mutex<Option<DeviceBuffer<f32>>>,
     /// u32 scratch of the sampler: keys (vocab), the token (1), the history.
     sample_scratch: Mutex<Option<DeviceBuffer<u32>>>,
-    /// `linear_pair` at T = 1 as one launch (Falcon's parallel blocks); off with PEREGRINE_NO_PAIR_GEMV.
-    pair_gemv: bool,
-    /// One-row attention also rotates and appends (append_attend in one launch); off with
-    /// PEREGRINE_NO_FUSED_ATTENTION.
-    fused_attention: bool,
+    /// Which one-row decode fusions run (all unless PEREGRINE_UNFUSE names them).
+    fuse: Fusions,
     /// Decode-step stages left out for timing experiments (PEREGRINE_LAB_SKIP; results are wrong).
     lab_skip: LabSkip,
     /// The ALiBi slopes last used, uploaded once (a model's constant).
@@ -122,6 +119,29 @@ fn check_linear(x: &CudaBuf, rows: usize, w: &CudaLinear, bias: Option<&CudaBuf>
     Ok(())
 }
 
+/// The one-row (decode) fusions, each on unless `PEREGRINE_UNFUSE` (a comma-separated list) names it:
+/// `pair`: `linear_pair` of bf16 or int8 weight-only in one launch (`PEREGRINE_NO_PAIR_GEMV` also
+/// turns it off); `norm`: a parallel block's LayerNorms inside that launch; `attention`: rotary and
+/// the K/V append inside the attention kernel; `sum`: `linear_sum` of bf16 or int8 weight-only (a
+/// parallel block's dense and dense_4h_to_h) in one launch. For measuring each against its
+/// separate launches.
+#[derive(Clone, Copy)]
+struct Fusions {
+    pair: bool,
+    norm: bool,
+    attention: bool,
+    sum: bool,
+}
+
+impl Fusions {
+    fn from_env() -> Self {
+        let v = std::env::var("PEREGRINE_UNFUSE").unwrap_or_default();
+        let off = |w: &str| v.split(',').any(|x| x.trim() == w);
+        let pair = !off("pair") && std::env::var_os("PEREGRINE_NO_PAIR_GEMV").is_none();
+        Fusions { pair, norm: !off("norm"), attention: !off("attention"), sum: !off("sum") }
+    }
+}
+
 /// Stages of a step that `PEREGRINE_LAB_SKIP` (a comma-separated list of `norm`, `rotary`,
 /// `attention`) leaves out, to time what each costs inside a recorded decode step ("leave one stage
 /// out", device/METHOD.md). The outputs are then wrong: a lab switch, never for real use.
@@ -163,8 +183,7 @@ impl CudaBackend {
             step: Mutex::new(StepState::default()),
             attn_scratch: Mutex::new(None),
             sample_scratch: Mutex::new(None),
-            pair_gemv: std::env::var_os("PEREGRINE_NO_PAIR_GEMV").is_none(),
-            fused_attention: std::env::var_os("PEREGRINE_NO_FUSED_ATTENTION").is_none(),
+            fuse: Fusions::from_env(),
             lab_skip: LabSkip::from_env(),
             alibi: Mutex::new(None),
         })
@@ -638,16 +657,67 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         check_linear(a.x, rows, a.w, a.bias, out_a.len())?;
         check_linear(b.x, rows, b.w, b.bias, out_b.len())?;
-        if rows == 1 && self.pair_gemv {
+        if rows == 1 && self.fuse.pair {
             let pa = pair_product(a, epi_a, out_a.ptr());
             let pb = pair_product(b, epi_b, out_b.ptr());
             // SAFETY: lengths checked above.
-            if unsafe { linear::matmul_pair(&self.dev, pa, pb)? } {
+            if unsafe { linear::matmul_pair(&self.dev, pa, pb, None)? } {
                 return Ok(());
             }
         }
         self.linear_fused(a.x, rows, a.w, a.bias, epi_a, out_a)?;
         self.linear_fused(b.x, rows, b.w, b.bias, epi_b, out_b)
+    }
+
+    fn linear_sum(&self, rows: usize, a: LinearInput<'_, Self>, b: LinearInput<'_, Self>, out: &mut CudaBuf) -> Result<()> {
+        check_linear(a.x, rows, a.w, a.bias, out.len())?;
+        check_linear(b.x, rows, b.w, b.bias, out.len())?;
+        if rows == 1 && self.fuse.sum {
+            let pa = pair_product(a, Epilogue::Accumulate, out.ptr());
+            let pb = pair_product(b, Epilogue::Accumulate, out.ptr());
+            // SAFETY: lengths checked above; both products write out (N = its length per row).
+            if unsafe { linear::matmul_sum(&self.dev, pa, pb)? } {
+                return Ok(());
+            }
+        }
+        self.linear_fused(a.x, rows, a.w, a.bias, Epilogue::Accumulate, out)?;
+        self.linear_fused(b.x, rows, b.w, b.bias, Epilogue::Accumulate, out)
+    }
+
+    fn norm_linear_pair(
+        &self,
+        x: &CudaBuf,
+        rows: usize,
+        dim: usize,
+        norms: PairNorms<'_, Self>,
+        ln_a: &mut CudaBuf,
+        ln_b: &mut CudaBuf,
+        a: PairSide<'_, Self>,
+        out_a: &mut CudaBuf,
+        b: PairSide<'_, Self>,
+        out_b: &mut CudaBuf,
+    ) -> Result<()> {
+        let PairNorms { a: norm_a, b: norm_b, eps } = norms;
+        let fits = rows == 1 && self.fuse.pair && self.fuse.norm && !self.lab_skip.norm && a.w.dims().1 == dim && b.w.dims().1 == dim;
+        if fits {
+            let norm_b_or_a = norm_b.unwrap_or(norm_a);
+            check_len("layer_norm", "x", x.len(), dim)?;
+            for (w, bias) in [norm_a, norm_b_or_a] {
+                check_len("layer_norm", "weight", w.len(), dim)?;
+                check_len("layer_norm", "bias", bias.len(), dim)?;
+            }
+            check_linear(x, 1, a.w, a.bias, out_a.len())?;
+            check_linear(x, 1, b.w, b.bias, out_b.len())?;
+            let pa = linear::PairProduct { x: x.ptr(), w: a.w, bias: a.bias.map(|v| v.ptr()), epi: a.epi, out: out_a.ptr() };
+            let pb = linear::PairProduct { x: x.ptr(), w: b.w, bias: b.bias.map(|v| v.ptr()), epi: b.epi, out: out_b.ptr() };
+            let norm = linear::PairNorm { a: (norm_a.0.ptr(), norm_a.1.ptr()), b: (norm_b_or_a.0.ptr(), norm_b_or_a.1.ptr()), eps };
+            // SAFETY: lengths checked above (x, the norms and both products: K = dim).
+            if unsafe { linear::matmul_pair(&self.dev, pa, pb, Some(norm))? } {
+                return Ok(());
+            }
+        }
+        let norms = PairNorms { a: norm_a, b: norm_b, eps };
+        peregrine_core::backend::norm_then_pair(self, x, rows, dim, norms, ln_a, ln_b, a, out_a, b, out_b)
     }
 
     fn rotary(&self, qkv: &mut CudaBuf, layout: QkvLayout, positions: &[u32], rope: RotaryParams) -> Result<()> {
@@ -714,7 +784,7 @@ impl Backend for CudaBackend {
         params: &AttentionParams<'_>,
         out: &mut CudaBuf,
     ) -> Result<()> {
-        let fuse = self.fused_attention
+        let fuse = self.fuse.attention
             && params.positions.len() == 1
             && ATTENTION_HEAD_DIMS.contains(&params.layout.head_dim)
             && !self.lab_skip.rotary

@@ -166,25 +166,41 @@ pub struct PairProduct<'a> {
     pub out: u64,
 }
 
+/// The LayerNorms a pair launch applies to its row first: each product's (weight, bias) device
+/// pointers (K bf16 each) and eps. Both products then read the same raw row x (K = the row's width).
+#[derive(Clone, Copy)]
+pub struct PairNorm {
+    pub a: (u64, u64),
+    pub b: (u64, u64),
+    pub eps: f32,
+}
+
+/// Widest row the _ln pair kernels normalise into shared memory (K bf16 within the 48 KB a block
+/// gets without raising its limit; Falcon-180B's 14,848 is the widest).
+const PAIR_NORM_MAX_K: usize = 24 * 1024;
+
 /// Two T = 1 products in one launch (kernels/gemv8.cu GEMV8_PAIR_KERNEL) when both are bf16 or both
 /// LLM.int8 weight-only and each fits the T = 1 GEMV: the blocks of one wave are split between them
-/// in proportion to their bytes, so both stream together and share one ramp and one tail. Returns
-/// false, having launched nothing, when the pair does not fit. (NF4/FP4 pairs are not served: the
-/// same split of the tile GEMV measured 7% slower end to end than two launches, crates/cuda/NOTES.md.)
+/// in proportion to their bytes, so both stream together and share one ramp and one tail. With
+/// `norm`, x is the row before its LayerNorms and every block normalises it itself (the _ln
+/// kernels), so no LayerNorm launch precedes the pair. Returns false, having launched nothing, when
+/// the pair does not fit. (NF4/FP4 pairs are not served: the same split of the tile GEMV measured 7%
+/// slower end to end than two launches, crates/cuda/NOTES.md.)
 ///
 /// # Safety
-/// As `matmul` for each product with rows = 1.
-pub unsafe fn matmul_pair(dev: &Device, a: PairProduct, b: PairProduct) -> Result<bool> {
+/// As `matmul` for each product with rows = 1; with `norm`, its four pointers hold K bf16 each.
+pub unsafe fn matmul_pair(dev: &Device, a: PairProduct, b: PairProduct, norm: Option<PairNorm>) -> Result<bool> {
     let ((na, ka), (nb, kb)) = (a.w.dims(), b.w.dims());
-    let ok_x = a.x % 16 == 0 && b.x % 16 == 0 && na > 0 && nb > 0;
+    let ok_norm = norm.is_none() || (a.x == b.x && ka == kb && ka % 8 == 0 && ka <= PAIR_NORM_MAX_K);
+    let ok_x = a.x % 16 == 0 && b.x % 16 == 0 && na > 0 && nb > 0 && ok_norm;
     let (kernel, (wa, sa), (wb, sb)) = match (a.w, b.w) {
         (CudaLinear::Dense { w: x, .. }, CudaLinear::Dense { w: y, .. }) if ok_x && ka % 8 == 0 && kb % 8 == 0 => {
-            ("gemv_bf16_t1_pair", (x.ptr(), 0), (y.ptr(), 0))
+            (["gemv_bf16_t1_pair", "gemv_bf16_t1_pair_ln"], (x.ptr(), 0), (y.ptr(), 0))
         }
         (CudaLinear::Int8 { cb: x, scb: xs, threshold: None, .. }, CudaLinear::Int8 { cb: y, scb: ys, threshold: None, .. })
             if ok_x && ka % 16 == 0 && kb % 16 == 0 =>
         {
-            ("gemv_int8w_bf16_t1_pair", (x.ptr(), xs.ptr()), (y.ptr(), ys.ptr()))
+            (["gemv_int8w_bf16_t1_pair", "gemv_int8w_bf16_t1_pair_ln"], (x.ptr(), xs.ptr()), (y.ptr(), ys.ptr()))
         }
         _ => return Ok(false),
     };
@@ -193,7 +209,44 @@ pub unsafe fn matmul_pair(dev: &Device, a: PairProduct, b: PairProduct) -> Resul
     let args = args.ptr(b.x).ptr(wb).ptr(sb).i32(nb as i32).i32(kb as i32).opt(b.bias).i32(b.epi.code()).ptr(b.out);
     let args = args.i32(blocks_a as i32);
     let grid = Grid::new(((blocks_a + blocks_b) as u32, 1, 1), GEMV8_WARPS * 32).with_pdl();
-    dev.launch("gemv8", kernel, grid, args)?;
+    match norm {
+        None => dev.launch("gemv8", kernel[0], grid, args.ptr(0).ptr(0).ptr(0).ptr(0).f32(0.0))?,
+        Some(n) => {
+            let args = args.ptr(n.a.0).ptr(n.a.1).ptr(n.b.0).ptr(n.b.1).f32(n.eps);
+            dev.launch("gemv8", kernel[1], grid.with_smem((ka * 2) as u32), args)?
+        }
+    }
+    Ok(true)
+}
+
+/// out += a + b for two T = 1 products of the same N in one launch (kernels/gemv8.cu
+/// GEMV8_DUAL_KERNEL) when both are bf16 or both LLM.int8 weight-only: every block streams its rows
+/// of both weights, as if concatenated along K, and finishes each output once (one rounding, one
+/// ramp and tail). `a.epi` and `b.epi` are ignored (the sum accumulates into out). Returns false,
+/// having launched nothing, when the pair does not fit.
+///
+/// # Safety
+/// As `matmul` for each product with rows = 1 and Epilogue::Accumulate into the same out.
+pub unsafe fn matmul_sum(dev: &Device, a: PairProduct, b: PairProduct) -> Result<bool> {
+    let ((na, ka), (nb, kb)) = (a.w.dims(), b.w.dims());
+    if na != nb || na == 0 || a.out != b.out || a.x % 16 != 0 || b.x % 16 != 0 {
+        return Ok(false);
+    }
+    let (kernel, (wa, sa), (wb, sb)) = match (a.w, b.w) {
+        (CudaLinear::Dense { w: x, .. }, CudaLinear::Dense { w: y, .. }) if ka % 8 == 0 && kb % 8 == 0 => {
+            ("gemv_bf16_t1_dual", (x.ptr(), 0), (y.ptr(), 0))
+        }
+        (CudaLinear::Int8 { cb: x, scb: xs, threshold: None, .. }, CudaLinear::Int8 { cb: y, scb: ys, threshold: None, .. })
+            if ka % 16 == 0 && kb % 16 == 0 =>
+        {
+            ("gemv_int8w_bf16_t1_dual", (x.ptr(), xs.ptr()), (y.ptr(), ys.ptr()))
+        }
+        _ => return Ok(false),
+    };
+    let blocks = (GEMV8_BLOCKS_PER_SM * dev.sm_count as usize).min(na.div_ceil(4)).max(1);
+    let args = Args::new().ptr(a.x).ptr(wa).ptr(sa).i32(na as i32).i32(ka as i32).opt(a.bias).i32(Epilogue::Accumulate.code()).ptr(a.out);
+    let args = args.ptr(b.x).ptr(wb).ptr(sb).i32(kb as i32).opt(b.bias);
+    dev.launch("gemv8", kernel, Grid::new((blocks as u32, 1, 1), GEMV8_WARPS * 32).with_pdl(), args)?;
     Ok(true)
 }
 

@@ -98,6 +98,59 @@ fn pair_matches_cpu(kind: QuantKind, seed: u64) {
     }
 }
 
+/// (N_a, N_b, K) of the norm + pair tests: one row of x, K shared (the last: K % 16 != 0, which the
+/// int8 pair does not serve: the separate launches).
+const NORM_PAIR_SHAPES: [(usize, usize, usize); 5] = [(96, 256, 64), (3, 257, 528), (130, 300, 8192), (1024, 4096, 1024), (8, 24, 72)];
+
+/// `norm_linear_pair` (one launch at T = 1 that also normalises: GEMV8_PAIR_KERNEL _ln) against the CPU.
+fn norm_pair_matches_cpu(kind: QuantKind, seed: u64) {
+    let test = format!("gemv_norm_pair_{kind}_matches_cpu");
+    let Some(gpu) = cuda(&test) else { return };
+    let cpu = cpu();
+    let mut rng = Rng::new(seed);
+    for (na, nb, k) in NORM_PAIR_SHAPES {
+        let (lwa, lwb) = (weight(&mut rng, kind, na, k), weight(&mut rng, kind, nb, k));
+        for two in [true, false] {
+            check_norm_pair(&gpu, &cpu, &mut rng, (&lwa, na), (&lwb, nb), k, two, &format!("{kind} norm pair"));
+        }
+    }
+}
+
+/// (N, K_a, K_b) of the sum tests (the last: K % 16 != 0, which the int8 dual GEMV does not serve).
+const SUM_SHAPES: [(usize, usize, usize); 5] = [(96, 64, 256), (3, 528, 1056), (130, 8192, 256), (1024, 1024, 4096), (8, 72, 24)];
+
+/// `linear_sum` (one pass over both weights at T = 1: GEMV8_DUAL_KERNEL) against the CPU oracle.
+fn sum_matches_cpu(kind: QuantKind, seed: u64) {
+    let test = format!("gemv_sum_{kind}_matches_cpu");
+    let Some(gpu) = cuda(&test) else { return };
+    let cpu = cpu();
+    let mut rng = Rng::new(seed);
+    for (n, ka, kb) in SUM_SHAPES {
+        let (lwa, lwb) = (weight(&mut rng, kind, n, ka), weight(&mut rng, kind, n, kb));
+        check_sum(&gpu, &cpu, &mut rng, (&lwa, ka), (&lwb, kb), n, &format!("{kind} sum"));
+    }
+}
+
+#[test]
+fn gemv_sum_bf16_matches_cpu() {
+    sum_matches_cpu(QuantKind::Bf16, 66);
+}
+
+#[test]
+fn gemv_sum_int8_weight_only_matches_cpu() {
+    sum_matches_cpu(QuantKind::Int8, 67);
+}
+
+#[test]
+fn gemv_norm_pair_bf16_matches_cpu() {
+    norm_pair_matches_cpu(QuantKind::Bf16, 64);
+}
+
+#[test]
+fn gemv_norm_pair_int8_weight_only_matches_cpu() {
+    norm_pair_matches_cpu(QuantKind::Int8, 65);
+}
+
 #[test]
 fn gemv_pair_bf16_matches_cpu() {
     pair_matches_cpu(QuantKind::Bf16, 62);

@@ -9,7 +9,7 @@
 //! Legend: T tokens in this forward, D hidden, H query heads, G KV groups, Hd head dim,
 //! F MLP width, V vocab, R logit rows.
 
-use peregrine_core::{AttentionParams, Backend, Epilogue, KvCache, LinearInput, Result};
+use peregrine_core::{AttentionParams, Backend, Epilogue, KvCache, LinearInput, PairNorms, PairSide, Result};
 
 use crate::config::{alibi_slopes, BlockKind, FalconConfig};
 use crate::params::{ParamSource, Role, VectorKind};
@@ -188,20 +188,12 @@ impl<B: Backend> Falcon<B> {
         let c = &self.config;
         let d = c.hidden_size;
         let eps = c.layer_norm_eps;
-        match &block.norms {
-            BlockNorms::Two { attn, mlp } => {
-                let (a, b) = ((&attn.weight, &attn.bias), (&mlp.weight, &mlp.bias));
-                backend.layer_norm2(&ws.x, t, d, a, b, eps, &mut ws.ln_a, &mut ws.ln_b)?;
-            }
-            BlockNorms::Shared { input } | BlockNorms::Sequential { input, .. } => {
-                norm(backend, &ws.x, t, d, input, eps, &mut ws.ln_a)?;
-            }
-        }
         let (qkv, dense) = (&block.query_key_value, &block.dense);
         let (h_to_4h, h4_to_h) = (&block.dense_h_to_4h, &block.dense_4h_to_h);
-        let mlp_in = match &block.norms {
-            BlockNorms::Sequential { post_attention, .. } => {
-                // x += dense(attention(x)); then the MLP reads the norm of the updated x.
+        let norms = match &block.norms {
+            BlockNorms::Sequential { input, post_attention } => {
+                // x += dense(attention(norm(x))); then the MLP reads the norm of the updated x.
+                norm(backend, &ws.x, t, d, input, eps, &mut ws.ln_a)?;
                 linear(backend, &ws.ln_a, t, qkv, &mut ws.qkv)?;
                 self.attend(backend, positions, kv, ws)?;
                 linear_fused(backend, &ws.attn, t, dense, Epilogue::Accumulate, &mut ws.x)?;
@@ -209,17 +201,18 @@ impl<B: Backend> Falcon<B> {
                 linear_fused(backend, &ws.ln_b, t, h_to_4h, Epilogue::Gelu, &mut ws.mlp_h)?;
                 return linear_fused(backend, &ws.mlp_h, t, h4_to_h, Epilogue::Accumulate, &mut ws.x);
             }
-            BlockNorms::Shared { .. } => &ws.ln_a,
-            BlockNorms::Two { .. } => &ws.ln_b,
+            BlockNorms::Two { attn, mlp } => PairNorms { a: (&attn.weight, &attn.bias), b: Some((&mlp.weight, &mlp.bias)), eps },
+            BlockNorms::Shared { input } => PairNorms { a: (&input.weight, &input.bias), b: None, eps },
         };
-        // Parallel block: attention and MLP both read norms of the same x, so qkv and h->4h go
-        // together (one launch where the backend can), then x += dense(attention) + 4h->h.
-        let a = LinearInput { x: &ws.ln_a, w: &qkv.weight, bias: qkv.bias.as_ref() };
-        let b = LinearInput { x: mlp_in, w: &h_to_4h.weight, bias: h_to_4h.bias.as_ref() };
-        backend.linear_pair(t, a, Epilogue::Store, &mut ws.qkv, b, Epilogue::Gelu, &mut ws.mlp_h)?;
+        // Parallel block: attention and MLP both read norms of the same x, so the norms, qkv and
+        // h->4h go together (one launch where the backend can), then x += dense(attention) + 4h->h.
+        let a = PairSide { w: &qkv.weight, bias: qkv.bias.as_ref(), epi: Epilogue::Store };
+        let b = PairSide { w: &h_to_4h.weight, bias: h_to_4h.bias.as_ref(), epi: Epilogue::Gelu };
+        backend.norm_linear_pair(&ws.x, t, d, norms, &mut ws.ln_a, &mut ws.ln_b, a, &mut ws.qkv, b, &mut ws.mlp_h)?;
         self.attend(backend, positions, kv, ws)?;
-        linear_fused(backend, &ws.attn, t, dense, Epilogue::Accumulate, &mut ws.x)?;
-        linear_fused(backend, &ws.mlp_h, t, h4_to_h, Epilogue::Accumulate, &mut ws.x)
+        let a = LinearInput { x: &ws.attn, w: &dense.weight, bias: dense.bias.as_ref() };
+        let b = LinearInput { x: &ws.mlp_h, w: &h4_to_h.weight, bias: h4_to_h.bias.as_ref() };
+        backend.linear_sum(t, a, b, &mut ws.x)
     }
 
     /// attn = attention(rotary(qkv)), writing this step's K/V into the cache.

@@ -3,7 +3,7 @@
 //! (max |diff| and ||out - ref|| / ||ref|| per op, asserted against a named tolerance).
 #![allow(dead_code)]
 
-use peregrine_core::{Backend, DType, Epilogue, HostTensor, LinearInput, LinearWeight};
+use peregrine_core::{Backend, DType, Epilogue, HostTensor, LinearInput, LinearWeight, PairNorms, PairSide};
 use peregrine_cpu::CpuBackend;
 use peregrine_cuda::{driver_available, CudaBackend};
 
@@ -156,5 +156,60 @@ pub fn check_pair(gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng, (lwa, na, 
         cpu.linear_pair(t, a, Epilogue::Store, &mut coa, b, Epilogue::Gelu, &mut cob).unwrap();
         check(&format!("{name} a Store"), &gpu.download(&goa, 0, t * na).unwrap(), &coa[..t * na], TOL_BF16);
         check(&format!("{name} b Gelu"), &gpu.download(&gob, 0, t * nb).unwrap(), &cob[..t * nb], TOL_BF16);
+    }
+}
+
+/// `norm_linear_pair` (LayerNorm(s) of one row x, then a: Store with bias on the first norm, b:
+/// Gelu on the second, or on the first when `two_norms` is false) on both backends: T = 1 twice with
+/// fresh inputs (the GPU's _ln pair kernel, every block normalising x itself, where both weights
+/// allow it) and T = 2 (separate norm and pair launches), each output within TOL_BF16 of the CPU.
+pub fn check_norm_pair(gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng, (lwa, na): (&LinearWeight, usize), (lwb, nb): (&LinearWeight, usize), k: usize, two_norms: bool, label: &str) {
+    let (ga, gb) = (gpu.load_linear(lwa.clone()).unwrap(), gpu.load_linear(lwb.clone()).unwrap());
+    let (ca, cb) = (cpu.load_linear(lwa.clone()).unwrap(), cpu.load_linear(lwb.clone()).unwrap());
+    let bias = rng.bf16_vec(na, 0.1);
+    let (g_bias, c_bias) = (gpu.upload(&bias).unwrap(), cpu.upload(&bias).unwrap());
+    // Norm parameters as Falcon's: weights near 1, small biases.
+    let params: Vec<Vec<f32>> = (0..4).map(|i| rng.bf16_vec(k, 0.2).iter().map(|v| if i % 2 == 0 { round_bf16(1.0 + v) } else { *v }).collect()).collect();
+    let g: Vec<_> = params.iter().map(|p| gpu.upload(p).unwrap()).collect();
+    let c: Vec<_> = params.iter().map(|p| cpu.upload(p).unwrap()).collect();
+    let eps = 1e-5;
+    for t in [1, 1, 2] {
+        let name = format!("{label} ({na}x{k}, {nb}x{k}, {} norms) T={t}", if two_norms { "two" } else { "shared" });
+        let x: Vec<f32> = rng.bf16_vec(t * k, 1.0).iter().map(|v| round_bf16(v * 3.0 + 0.5)).collect();
+        let (gx, cx) = (gpu.upload(&x).unwrap(), cpu.upload(&x).unwrap());
+        let (mut goa, mut gob) = (poisoned(gpu, t * na), poisoned(gpu, t * nb));
+        let (mut coa, mut cob) = (poisoned(cpu, t * na), poisoned(cpu, t * nb));
+        let (mut gla, mut glb) = (gpu.alloc(t * k).unwrap(), gpu.alloc(t * k).unwrap());
+        let (mut cla, mut clb) = (cpu.alloc(t * k).unwrap(), cpu.alloc(t * k).unwrap());
+        let norms = PairNorms { a: (&g[0], &g[1]), b: two_norms.then_some((&g[2], &g[3])), eps };
+        let (a, b) = (PairSide { w: &ga, bias: Some(&g_bias), epi: Epilogue::Store }, PairSide { w: &gb, bias: None, epi: Epilogue::Gelu });
+        gpu.norm_linear_pair(&gx, t, k, norms, &mut gla, &mut glb, a, &mut goa, b, &mut gob).unwrap();
+        let norms = PairNorms { a: (&c[0], &c[1]), b: two_norms.then_some((&c[2], &c[3])), eps };
+        let (a, b) = (PairSide { w: &ca, bias: Some(&c_bias), epi: Epilogue::Store }, PairSide { w: &cb, bias: None, epi: Epilogue::Gelu });
+        cpu.norm_linear_pair(&cx, t, k, norms, &mut cla, &mut clb, a, &mut coa, b, &mut cob).unwrap();
+        check(&format!("{name} a Store"), &gpu.download(&goa, 0, t * na).unwrap(), &coa[..t * na], TOL_BF16);
+        check(&format!("{name} b Gelu"), &gpu.download(&gob, 0, t * nb).unwrap(), &cob[..t * nb], TOL_BF16);
+    }
+}
+
+/// `linear_sum` (out += a + b, both with a bias) on both backends from the same random out: T = 1
+/// twice with fresh inputs (the GPU's one-pass dual GEMV where both weights allow it) and T = 2 (two
+/// Accumulate launches), within TOL_BF16 of the CPU oracle.
+pub fn check_sum(gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng, (lwa, ka): (&LinearWeight, usize), (lwb, kb): (&LinearWeight, usize), n: usize, label: &str) {
+    let (ga, gb) = (gpu.load_linear(lwa.clone()).unwrap(), gpu.load_linear(lwb.clone()).unwrap());
+    let (ca, cb) = (cpu.load_linear(lwa.clone()).unwrap(), cpu.load_linear(lwb.clone()).unwrap());
+    let (bias_a, bias_b) = (rng.bf16_vec(n, 0.1), rng.bf16_vec(n, 0.1));
+    let (gba, gbb) = (gpu.upload(&bias_a).unwrap(), gpu.upload(&bias_b).unwrap());
+    let (cba, cbb) = (cpu.upload(&bias_a).unwrap(), cpu.upload(&bias_b).unwrap());
+    for t in [1, 1, 2] {
+        let name = format!("{label} ({n}x{ka} + {n}x{kb}) T={t}");
+        let (xa, xb, x0) = (rng.bf16_vec(t * ka, 1.0), rng.bf16_vec(t * kb, 1.0), rng.bf16_vec(t * n, 2.0));
+        let (gxa, gxb, mut go) = (gpu.upload(&xa).unwrap(), gpu.upload(&xb).unwrap(), gpu.upload(&x0).unwrap());
+        let (cxa, cxb, mut co) = (cpu.upload(&xa).unwrap(), cpu.upload(&xb).unwrap(), cpu.upload(&x0).unwrap());
+        let (a, b) = (LinearInput { x: &gxa, w: &ga, bias: Some(&gba) }, LinearInput { x: &gxb, w: &gb, bias: Some(&gbb) });
+        gpu.linear_sum(t, a, b, &mut go).unwrap();
+        let (a, b) = (LinearInput { x: &cxa, w: &ca, bias: Some(&cba) }, LinearInput { x: &cxb, w: &cb, bias: Some(&cbb) });
+        cpu.linear_sum(t, a, b, &mut co).unwrap();
+        check(&format!("{name} out += a + b"), &gpu.download(&go, 0, t * n).unwrap(), &co[..t * n], TOL_BF16);
     }
 }
