@@ -4,10 +4,10 @@
 #   VARIANTS  ';'-separated sets of environment assignments (an empty set is the default), e.g.
 #             "; PEREGRINE_NO_PAIR_GEMV=1; PEREGRINE_NVRTC_DEFINES=SWITCH_A=2,SWITCH_B"
 #   QUANTS    formats (default: bf16 int8 nf4), TOKENS new tokens (default 200), REPEAT runs each (2)
-# Needs the release binary as .carry/bundle/bin/peregrine (scripts/device_check.sh unpacks it) or
-# .carry/peregrine. Prints one line per run: variant, format, decode tok/s.
+# Needs the release binary as $BIN, .carry/bundle/bin/peregrine (scripts/device_check.sh unpacks it)
+# or .carry/peregrine. Prints one line per run: variant, format, decode tok/s.
 set -uo pipefail
-BIN=$PWD/.carry/bundle/bin/peregrine
+BIN=${BIN:-$PWD/.carry/bundle/bin/peregrine}
 [ -x "$BIN" ] || BIN=$PWD/.carry/peregrine
 [ -x "$BIN" ] || { echo "decode_variants.sh: no release binary in .carry/bundle/bin or .carry" >&2; exit 2; }
 export PEREGRINE_KERNEL_CACHE=/tmp/peregrine-kernels

@@ -271,15 +271,13 @@ pub trait Backend {
         epi_b: Epilogue,
         out_b: &mut Self::Buf,
     ) -> Result<()> {
-        self.linear_fused(a.x, rows, a.w, a.bias, epi_a, out_a)?;
-        self.linear_fused(b.x, rows, b.w, b.bias, epi_b, out_b)
+        linear_pair_separately(self, rows, a, epi_a, out_a, b, epi_b, out_b)
     }
     /// out += a.x @ a.w^T (+ a.bias) + b.x @ b.w^T (+ b.bias), both products N wide (Falcon's parallel
     /// block: dense and dense_4h_to_h into the residual). A backend may compute both in one pass and
     /// round once; the default adds them one after the other.
     fn linear_sum(&self, rows: usize, a: LinearInput<'_, Self>, b: LinearInput<'_, Self>, out: &mut Self::Buf) -> Result<()> {
-        self.linear_fused(a.x, rows, a.w, a.bias, Epilogue::Accumulate, out)?;
-        self.linear_fused(b.x, rows, b.w, b.bias, Epilogue::Accumulate, out)
+        linear_sum_separately(self, rows, a, b, out)
     }
     /// A parallel block's entry: ln_a = LayerNorm(x) with norms.a, ln_b = LayerNorm(x) with norms.b
     /// (when there are two), then `linear_pair` of a on ln_a and b on ln_b (or ln_a). A backend that
@@ -490,4 +488,26 @@ pub fn norm_then_pair<B: Backend + ?Sized>(
     let ia = LinearInput { x: ln_a, w: a.w, bias: a.bias };
     let ib = LinearInput { x: xb, w: b.w, bias: b.bias };
     be.linear_pair(rows, ia, a.epi, out_a, ib, b.epi, out_b)
+}
+
+/// `Backend::linear_pair` as two `linear_fused` calls.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_pair_separately<B: Backend + ?Sized>(
+    be: &B,
+    rows: usize,
+    a: LinearInput<'_, B>,
+    epi_a: Epilogue,
+    out_a: &mut B::Buf,
+    b: LinearInput<'_, B>,
+    epi_b: Epilogue,
+    out_b: &mut B::Buf,
+) -> Result<()> {
+    be.linear_fused(a.x, rows, a.w, a.bias, epi_a, out_a)?;
+    be.linear_fused(b.x, rows, b.w, b.bias, epi_b, out_b)
+}
+
+/// `Backend::linear_sum` as two Accumulate `linear_fused` calls (out rounded after each).
+pub fn linear_sum_separately<B: Backend + ?Sized>(be: &B, rows: usize, a: LinearInput<'_, B>, b: LinearInput<'_, B>, out: &mut B::Buf) -> Result<()> {
+    be.linear_fused(a.x, rows, a.w, a.bias, Epilogue::Accumulate, out)?;
+    be.linear_fused(b.x, rows, b.w, b.bias, Epilogue::Accumulate, out)
 }

@@ -135,11 +135,16 @@ struct Fusions {
 
 impl Fusions {
     fn from_env() -> Self {
-        let v = std::env::var("PEREGRINE_UNFUSE").unwrap_or_default();
-        let off = |w: &str| v.split(',').any(|x| x.trim() == w);
-        let pair = !off("pair") && std::env::var_os("PEREGRINE_NO_PAIR_GEMV").is_none();
-        Fusions { pair, norm: !off("norm"), attention: !off("attention"), sum: !off("sum") }
+        let off = env_list("PEREGRINE_UNFUSE");
+        let on = |w: &str| !off.iter().any(|x| x == w);
+        let pair = on("pair") && std::env::var_os("PEREGRINE_NO_PAIR_GEMV").is_none();
+        Fusions { pair, norm: on("norm"), attention: on("attention"), sum: on("sum") }
     }
+}
+
+/// The comma-separated words of environment variable `var` (none when it is unset).
+fn env_list(var: &str) -> Vec<String> {
+    std::env::var(var).unwrap_or_default().split(',').map(|w| w.trim().to_string()).filter(|w| !w.is_empty()).collect()
 }
 
 /// Stages of a step that `PEREGRINE_LAB_SKIP` (a comma-separated list of `norm`, `rotary`,
@@ -157,8 +162,8 @@ struct LabSkip {
 
 impl LabSkip {
     fn from_env() -> Self {
-        let v = std::env::var("PEREGRINE_LAB_SKIP").unwrap_or_default();
-        let has = |w: &str| v.split(',').any(|x| x.trim() == w);
+        let skip = env_list("PEREGRINE_LAB_SKIP");
+        let has = |w: &str| skip.iter().any(|x| x == w);
         LabSkip { norm: has("norm"), rotary: has("rotary"), attention: has("attention") }
     }
 }
@@ -665,8 +670,7 @@ impl Backend for CudaBackend {
                 return Ok(());
             }
         }
-        self.linear_fused(a.x, rows, a.w, a.bias, epi_a, out_a)?;
-        self.linear_fused(b.x, rows, b.w, b.bias, epi_b, out_b)
+        peregrine_core::backend::linear_pair_separately(self, rows, a, epi_a, out_a, b, epi_b, out_b)
     }
 
     fn linear_sum(&self, rows: usize, a: LinearInput<'_, Self>, b: LinearInput<'_, Self>, out: &mut CudaBuf) -> Result<()> {
@@ -680,8 +684,7 @@ impl Backend for CudaBackend {
                 return Ok(());
             }
         }
-        self.linear_fused(a.x, rows, a.w, a.bias, Epilogue::Accumulate, out)?;
-        self.linear_fused(b.x, rows, b.w, b.bias, Epilogue::Accumulate, out)
+        peregrine_core::backend::linear_sum_separately(self, rows, a, b, out)
     }
 
     fn norm_linear_pair(

@@ -145,6 +145,7 @@ fn gelu_add_copy_rows_match_cpu() {
 /// One model's attention over `steps` of query rows, the GPU against the CPU: rotary, the cache
 /// append and attention each checked. `one_launch`: one-row steps go through `append_attend` (the
 /// CUDA decode kernel that also rotates and appends); the cache must then match the CPU's too.
+#[allow(clippy::too_many_arguments)]
 fn attention_case(gpu: &CudaBackend, name: &str, layout: QkvLayout, alibi: bool, rope: Option<RotaryParams>, steps: &[Vec<u32>], seed: u64, one_launch: bool) {
     let cpu = cpu();
     let mut rng = Rng::new(seed);

@@ -163,6 +163,7 @@ pub fn check_pair(gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng, (lwa, na, 
 /// Gelu on the second, or on the first when `two_norms` is false) on both backends: T = 1 twice with
 /// fresh inputs (the GPU's _ln pair kernel, every block normalising x itself, where both weights
 /// allow it) and T = 2 (separate norm and pair launches), each output within TOL_BF16 of the CPU.
+#[allow(clippy::too_many_arguments)]
 pub fn check_norm_pair(gpu: &CudaBackend, cpu: &CpuBackend, rng: &mut Rng, (lwa, na): (&LinearWeight, usize), (lwb, nb): (&LinearWeight, usize), k: usize, two_norms: bool, label: &str) {
     let (ga, gb) = (gpu.load_linear(lwa.clone()).unwrap(), gpu.load_linear(lwb.clone()).unwrap());
     let (ca, cb) = (cpu.load_linear(lwa.clone()).unwrap(), cpu.load_linear(lwb.clone()).unwrap());
