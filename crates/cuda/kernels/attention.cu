@@ -228,11 +228,42 @@ __device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, bf16* 
     constexpr int VB = HD == 64 ? 32 : 16;    // V rows in flight per lane
     __shared__ float qs[HD];
     __shared__ float red[DEC_WARPS][HD + 2];
+    static_assert(!FUSED || DEC_WARPS * 32 == DEC_SPLIT, "the fused kernel preloads one chunk a warp");
+    if (!FUSED) PDL_ENTER();
     const int t = blockIdx.x, h = blockIdx.y, split = blockIdx.z, S = gridDim.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int qpk = n_head / n_kv, g = h / qpk;
     const bf16* q = qkv + (i64)t * row_width + (g * (qpk + 2) + h % qpk) * HD;
     const int pos = (int)positions[t];
+    const int begin = split * DEC_SPLIT, end = min(pos + 1, begin + DEC_SPLIT);
+    const i64 key_stride = (i64)n_kv * HD;  // elements between consecutive keys of a group
+    // The chunk's K row (key c0 + lane) and the lane's dims of its V rows b.. (VB of them), zeros past
+    // the end (p = 0 there, and 0 * 0 adds nothing).
+    uint4 kr[KW];
+    VSlice<EPL> vr[VB];
+    auto load_v = [&](int c0, int b) {
+        const bool full = c0 + 32 <= end;  // warp-uniform: every key of the chunk is valid
+        const bf16* vp = v_cache + (i64)(c0 + b) * key_stride + g * HD + lane * EPL;
+#pragma unroll
+        for (int jj = 0; jj < VB; jj++, vp += key_stride) {
+            if (full || c0 + b + jj < end) vr[jj].load(vp);
+            else vr[jj].zero();
+        }
+    };
+    auto load_chunk = [&](int c0) {
+        const int j = c0 + lane;
+        const uint4* krow = reinterpret_cast<const uint4*>(k_cache + (i64)j * key_stride + g * HD);
+#pragma unroll
+        for (int v = 0; v < KW; v++) kr[v] = j < end ? dec_ld16(krow + v) : make_uint4(0u, 0u, 0u, 0u);
+        load_v(c0, 0);
+    };
+    if (FUSED) {
+        // The cache rows before this step's position were written by earlier steps, complete before
+        // the previous kernel began (and positions before the step): they load before the PDL wait,
+        // under the previous kernel's tail. Only qkv (this step's q, k, v) needs the wait.
+        if (begin + warp * 32 < end) load_chunk(begin + warp * 32);
+        PDL_ENTER();
+    }
     __shared__ __align__(16) bf16 knew[FUSED ? HD : 1], vnew[FUSED ? HD : 1];  // this step's k (rotated) and v
     if (FUSED) {
         const bf16* kq = qkv + (i64)g * (qpk + 2) * HD + qpk * HD;  // the group's K head (T = 1: row 0)
@@ -248,31 +279,14 @@ __device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, bf16* 
             v_cache[dst + d] = vnew[d];
         }
     }
-    const int begin = split * DEC_SPLIT, end = min(pos + 1, begin + DEC_SPLIT);
     const float slope = (slopes != nullptr) ? slopes[h] : 0.f;
-    const i64 key_stride = (i64)n_kv * HD;  // elements between consecutive keys of a group
     const u32 opaque_zero = (u32)n_kv >> 24;  // 0 (n_kv < 2^24), unknown to the compiler
     float m = NEG_INF, l = 0.f, acc[EPL];
 #pragma unroll
     for (int e = 0; e < EPL; e++) acc[e] = 0.f;
     for (int c0 = begin + warp * 32; c0 < end; c0 += DEC_WARPS * 32) {
         const int j = c0 + lane;
-        const bool full = c0 + 32 <= end;  // warp-uniform: every key of the chunk is valid
-        const bf16* vbase = v_cache + (i64)c0 * key_stride + g * HD + lane * EPL;
-        uint4 kr[KW];
-        VSlice<EPL> vr[VB];
-        const uint4* krow = reinterpret_cast<const uint4*>(k_cache + (i64)j * key_stride + g * HD);
-        auto load_v = [&](int b) {  // rows b.. of the chunk; zeros past the end (p = 0 there, 0 * 0 adds nothing)
-            const bf16* vp = vbase + b * key_stride;
-#pragma unroll
-            for (int jj = 0; jj < VB; jj++, vp += key_stride) {
-                if (full || c0 + b + jj < end) vr[jj].load(vp);
-                else vr[jj].zero();
-            }
-        };
-#pragma unroll
-        for (int v = 0; v < KW; v++) kr[v] = j < end ? dec_ld16(krow + v) : make_uint4(0u, 0u, 0u, 0u);
-        load_v(0);
+        if (!FUSED) load_chunk(c0);  // the fused kernel loaded its one chunk before the wait
         // dot starts at +0 computed from every load of the chunk (opaque_zero is 0 at run time), so
         // ptxas must issue all of them before the first multiply waits (left alone it sinks each K
         // load to its use: a round trip per 16 bytes).
@@ -308,9 +322,7 @@ __device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, bf16* 
         for (int e = 0; e < EPL; e++) acc[e] *= corr;
 #pragma unroll
         for (int b = 0; b < 32; b += VB) {
-            if (b > 0) {  // HD 128: the second half of the chunk's V rows
-                load_v(b);
-            }
+            if (b > 0) load_v(c0, b);  // HD 128: the second half of the chunk's V rows
             if (FUSED && VB < 32 && pos - c0 - b >= 0 && pos - c0 - b < VB)
 #pragma unroll
                 for (int jj = 0; jj < VB; jj++)
@@ -576,7 +588,6 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
     extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) attention_decode_bf16_hd##HD(           \
         const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const u32* positions, const float* slopes, \
         float* part_o, float* part_ml, bf16* out, int n_head, int n_kv, int row_width, float scale) {      \
-        PDL_ENTER();                                                                                   \
         decode_body<HD, false>(qkv, const_cast<bf16*>(k_cache), const_cast<bf16*>(v_cache), positions, slopes, part_o, \
                                part_ml, out, n_head, n_kv, row_width, scale, 0.f, 1.f);                      \
     }                                                                                                      \
@@ -584,7 +595,6 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
         const bf16* qkv, bf16* k_cache, bf16* v_cache, const u32* positions, const float* slopes,         \
         float* part_o, float* part_ml, bf16* out, int n_head, int n_kv, int row_width, float scale,        \
         float theta, float position_scale) {                                                               \
-        PDL_ENTER();                                                                                   \
         decode_body<HD, true>(qkv, k_cache, v_cache, positions, slopes, part_o, part_ml, out, n_head, n_kv, \
                               row_width, scale, theta, position_scale);                                   \
     }                                                                                                      \
