@@ -171,6 +171,13 @@ pub struct PairNorms<'a, B: Backend + ?Sized> {
     pub eps: f32,
 }
 
+impl<B: Backend + ?Sized> Clone for PairNorms<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend + ?Sized> Copy for PairNorms<'_, B> {}
+
 /// One product of `Backend::norm_linear_pair`: weights, bias and epilogue (its x is a norm's output).
 pub struct PairSide<'a, B: Backend + ?Sized> {
     pub w: &'a B::Linear,

@@ -172,7 +172,7 @@ struct VSlice<4> {
 
 /// The fused decode's prologue: qs = q rotated (f32 of the bf16 rotary_append_bf16 writes), knew = k
 /// rotated and vnew = v (bf16), for position `pos`; theta = 0: no rotation (ALiBi). Thread i < HD/2
-/// rotates pair (i, i + HD/2) of q and k with one sincosf.
+/// rotates pair (i, i + HD/2) of q and k (rope_pair, the formula of rotary.cu).
 template <int HD>
 __device__ __forceinline__ void rotate_q_k(const bf16* __restrict__ q, const bf16* __restrict__ k,
                                            const bf16* __restrict__ v, int pos, float theta, float position_scale,
@@ -180,23 +180,15 @@ __device__ __forceinline__ void rotate_q_k(const bf16* __restrict__ q, const bf1
     constexpr int half = HD / 2;
     const int i = threadIdx.x;
     if (i < half) {
-        const float q1 = bf2f(q[i]), q2 = bf2f(q[i + half]);
-        const bf16 k1 = k[i], k2 = k[i + half];
+        bf16 q1 = q[i], q2 = q[i + half], k1 = k[i], k2 = k[i + half];
         if (theta > 0.f) {
-            const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)HD);
-            float sn, cs;
-            sincosf(((float)pos / position_scale) * inv_freq, &sn, &cs);
-            const float k1f = bf2f(k1), k2f = bf2f(k2);
-            qs[i] = bf2f(f2bf(q1 * cs - q2 * sn));
-            qs[i + half] = bf2f(f2bf(q2 * cs + q1 * sn));
-            knew[i] = f2bf(k1f * cs - k2f * sn);
-            knew[i + half] = f2bf(k2f * cs + k1f * sn);
-        } else {
-            qs[i] = q1;
-            qs[i + half] = q2;
-            knew[i] = k1;
-            knew[i + half] = k2;
+            rope_pair(bf2f(q1), bf2f(q2), i, HD, (u32)pos, theta, position_scale, q1, q2);
+            rope_pair(bf2f(k1), bf2f(k2), i, HD, (u32)pos, theta, position_scale, k1, k2);
         }
+        qs[i] = bf2f(q1);
+        qs[i + half] = bf2f(q2);
+        knew[i] = k1;
+        knew[i + half] = k2;
     } else if (i < half + HD) {
         vnew[i - half] = v[i - half];
     }
@@ -214,9 +206,9 @@ __device__ __forceinline__ void rotate_q_k(const bf16* __restrict__ q, const bf1
 // launch runs between the qkv GEMV and attention. It rotates q itself (theta > 0; ALiBi models pass
 // theta = 0 and nothing rotates), and the new key k and value v of its group live in shared memory:
 // the lane whose key is positions[0] takes them from there instead of the cache, and one block per
-// group (its first head, the split holding the position) writes them to the cache slot. No other
-// block of the launch reads that slot from the cache, so there is no race; the values and roundings
-// are rotary_append_bf16's exactly.
+// group (its first head, the split holding the position) writes them to the cache slot. The other
+// blocks' preloads of that slot may race with the write, but their values are replaced before use;
+// the values and roundings are rotary_append_bf16's (the same rope_pair).
 template <int HD, bool FUSED>
 __device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, bf16* __restrict__ k_cache,
                                             bf16* __restrict__ v_cache, const u32* __restrict__ positions,
@@ -296,15 +288,9 @@ __device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, bf16* 
 #pragma unroll
         for (int jj = 0; jj < VB; jj++) mix ^= vr[jj].first();
         float dot = __uint_as_float(mix & opaque_zero);
-        if (FUSED && pos - c0 < 32) {  // this chunk holds the new key: k and v from shared memory
-            if (j == pos)
+        if (FUSED && j == pos)  // the new key: from shared memory (its V row below)
 #pragma unroll
-                for (int v = 0; v < KW; v++) kr[v] = reinterpret_cast<const uint4*>(knew)[v];
-            if (VB == 32)  // HD 128 substitutes in its second load (below)
-#pragma unroll
-                for (int jj = 0; jj < VB; jj++)
-                    if (c0 + jj == pos) vr[jj].load_shared(vnew + lane * EPL);
-        }
+            for (int v = 0; v < KW; v++) kr[v] = reinterpret_cast<const uint4*>(knew)[v];
 #pragma unroll
         for (int v = 0; v < KW; v++) {
             float kf[8];
@@ -323,7 +309,7 @@ __device__ __forceinline__ void decode_body(const bf16* __restrict__ qkv, bf16* 
 #pragma unroll
         for (int b = 0; b < 32; b += VB) {
             if (b > 0) load_v(c0, b);  // HD 128: the second half of the chunk's V rows
-            if (FUSED && VB < 32 && pos - c0 - b >= 0 && pos - c0 - b < VB)
+            if (FUSED && pos - c0 - b >= 0 && pos - c0 - b < VB)  // the new value row
 #pragma unroll
                 for (int jj = 0; jj < VB; jj++)
                     if (c0 + b + jj == pos) vr[jj].load_shared(vnew + lane * EPL);

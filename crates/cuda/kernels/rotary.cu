@@ -9,7 +9,7 @@
 //     grid (T, G): copies group g's K and V heads of token t to cache row positions[t].
 //   rotary_append_bf16: both in one launch (see its comment).
 // Layout (QkvLayout in peregrine-core): per group g, q_per_kv query heads, then K, then V, each Hd wide.
-// Assumptions: positions < P checked on the host; sincosf is the precise version (angles reach 1e4 rad).
+// Assumptions: positions < P checked on the host. The rotation itself is prelude.cuh's rope_pair.
 #include "prelude.cuh"
 
 extern "C" __global__ void rotary_bf16(bf16* __restrict__ qkv, const u32* __restrict__ positions, int n_head,
@@ -27,15 +27,8 @@ extern "C" __global__ void rotary_bf16(bf16* __restrict__ qkv, const u32* __rest
     }
     bf16* x = qkv + (i64)t * row_width + off;
     const int half = head_dim / 2;
-    const float pos = (float)positions[t] / position_scale;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
-        float s, c;
-        sincosf(pos * inv_freq, &s, &c);
-        const float x1 = bf2f(x[i]), x2 = bf2f(x[i + half]);
-        x[i] = f2bf(x1 * c - x2 * s);
-        x[i + half] = f2bf(x2 * c + x1 * s);
-    }
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
+        rope_pair(bf2f(x[i]), bf2f(x[i + half]), i, head_dim, positions[t], theta, position_scale, x[i], x[i + half]);
 }
 
 extern "C" __global__ void append_kv_bf16(const bf16* __restrict__ qkv, const u32* __restrict__ positions,
@@ -69,14 +62,10 @@ extern "C" __global__ void rotary_append_bf16(bf16* __restrict__ qkv, const u32*
     bf16* x = qkv + (i64)t * row_width + off;
     const int half = head_dim / 2;
     const u32 p = positions[t];
-    const float pos = (float)p / position_scale;
     const i64 dst = ((i64)p * n_kv + g) * head_dim;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
-        float s, c;
-        sincosf(pos * inv_freq, &s, &c);
-        const float x1 = bf2f(x[i]), x2 = bf2f(x[i + half]);
-        const bf16 r1 = f2bf(x1 * c - x2 * s), r2 = f2bf(x2 * c + x1 * s);
+        bf16 r1, r2;
+        rope_pair(bf2f(x[i]), bf2f(x[i + half]), i, head_dim, p, theta, position_scale, r1, r2);
         x[i] = r1;
         x[i + half] = r2;
         if (is_k) {

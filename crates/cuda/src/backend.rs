@@ -119,6 +119,12 @@ fn check_linear(x: &CudaBuf, rows: usize, w: &CudaLinear, bias: Option<&CudaBuf>
     Ok(())
 }
 
+/// A LayerNorm's (weight, bias) hold `dim` values each.
+fn check_norm((w, bias): (&CudaBuf, &CudaBuf), dim: usize) -> Result<()> {
+    check_len("layer_norm", "weight", w.len(), dim)?;
+    check_len("layer_norm", "bias", bias.len(), dim)
+}
+
 /// The one-row (decode) fusions, each on unless `PEREGRINE_UNFUSE` (a comma-separated list) names it:
 /// `pair`: `linear_pair` of bf16 or int8 weight-only in one launch (`PEREGRINE_NO_PAIR_GEMV` also
 /// turns it off); `norm`: a parallel block's LayerNorms inside that launch; `attention`: rotary and
@@ -335,7 +341,6 @@ impl CudaBackend {
         graph.map(Some)
     }
 
-    /// Cache capacity P of a layer and a check that every position fits.
     /// The lengths and positions every attention path needs.
     fn check_attention(&self, qkv: &CudaBuf, cache: &LayerKv<Self>, params: &AttentionParams<'_>, out: &CudaBuf) -> Result<()> {
         let l = params.layout;
@@ -389,6 +394,7 @@ impl CudaBackend {
         }
     }
 
+    /// Cache capacity P of a layer and a check that every position fits.
     fn check_positions(&self, op: &str, cache: &LayerKv<Self>, layout: QkvLayout, positions: &[u32]) -> Result<usize> {
         let per_pos = layout.n_kv * layout.head_dim;
         if per_pos == 0 || cache.k.len() != cache.v.len() {
@@ -446,9 +452,8 @@ impl CudaBackend {
     #[allow(clippy::too_many_arguments)]
     fn layer_norms(&self, x: &CudaBuf, rows: usize, dim: usize, norm_a: (&CudaBuf, &CudaBuf), eps: f32, out_a: u64, b: Option<((&CudaBuf, &CudaBuf), u64)>) -> Result<()> {
         check_len("layer_norm", "x", x.len(), rows * dim)?;
-        for (w, bias) in std::iter::once(norm_a).chain(b.map(|(n, _)| n)) {
-            check_len("layer_norm", "weight", w.len(), dim)?;
-            check_len("layer_norm", "bias", bias.len(), dim)?;
+        for n in std::iter::once(norm_a).chain(b.map(|(n, _)| n)) {
+            check_norm(n, dim)?;
         }
         let rows_i = as_i32("layer_norm", "rows", rows)?;
         let dim_i = as_i32("layer_norm", "dim", dim)?;
@@ -700,26 +705,22 @@ impl Backend for CudaBackend {
         b: PairSide<'_, Self>,
         out_b: &mut CudaBuf,
     ) -> Result<()> {
-        let PairNorms { a: norm_a, b: norm_b, eps } = norms;
         let fits = rows == 1 && self.fuse.pair && self.fuse.norm && !self.lab_skip.norm && a.w.dims().1 == dim && b.w.dims().1 == dim;
         if fits {
-            let norm_b_or_a = norm_b.unwrap_or(norm_a);
-            check_len("layer_norm", "x", x.len(), dim)?;
-            for (w, bias) in [norm_a, norm_b_or_a] {
-                check_len("layer_norm", "weight", w.len(), dim)?;
-                check_len("layer_norm", "bias", bias.len(), dim)?;
-            }
+            let norm_b = norms.b.unwrap_or(norms.a);
+            check_norm(norms.a, dim)?;
+            check_norm(norm_b, dim)?;
             check_linear(x, 1, a.w, a.bias, out_a.len())?;
             check_linear(x, 1, b.w, b.bias, out_b.len())?;
-            let pa = linear::PairProduct { x: x.ptr(), w: a.w, bias: a.bias.map(|v| v.ptr()), epi: a.epi, out: out_a.ptr() };
-            let pb = linear::PairProduct { x: x.ptr(), w: b.w, bias: b.bias.map(|v| v.ptr()), epi: b.epi, out: out_b.ptr() };
-            let norm = linear::PairNorm { a: (norm_a.0.ptr(), norm_a.1.ptr()), b: (norm_b_or_a.0.ptr(), norm_b_or_a.1.ptr()), eps };
+            let pa = pair_product(LinearInput { x, w: a.w, bias: a.bias }, a.epi, out_a.ptr());
+            let pb = pair_product(LinearInput { x, w: b.w, bias: b.bias }, b.epi, out_b.ptr());
+            let ptrs = |(w, bias): (&CudaBuf, &CudaBuf)| (w.ptr(), bias.ptr());
+            let norm = linear::PairNorm { a: ptrs(norms.a), b: ptrs(norm_b), eps: norms.eps };
             // SAFETY: lengths checked above (x, the norms and both products: K = dim).
             if unsafe { linear::matmul_pair(&self.dev, pa, pb, Some(norm))? } {
                 return Ok(());
             }
         }
-        let norms = PairNorms { a: norm_a, b: norm_b, eps };
         peregrine_core::backend::norm_then_pair(self, x, rows, dim, norms, ln_a, ln_b, a, out_a, b, out_b)
     }
 

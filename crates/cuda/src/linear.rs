@@ -192,18 +192,8 @@ const PAIR_NORM_MAX_K: usize = 24 * 1024;
 pub unsafe fn matmul_pair(dev: &Device, a: PairProduct, b: PairProduct, norm: Option<PairNorm>) -> Result<bool> {
     let ((na, ka), (nb, kb)) = (a.w.dims(), b.w.dims());
     let ok_norm = norm.is_none() || (a.x == b.x && ka == kb && ka % 8 == 0 && ka <= PAIR_NORM_MAX_K);
-    let ok_x = a.x % 16 == 0 && b.x % 16 == 0 && na > 0 && nb > 0 && ok_norm;
-    let (kernel, (wa, sa), (wb, sb)) = match (a.w, b.w) {
-        (CudaLinear::Dense { w: x, .. }, CudaLinear::Dense { w: y, .. }) if ok_x && ka % 8 == 0 && kb % 8 == 0 => {
-            (["gemv_bf16_t1_pair", "gemv_bf16_t1_pair_ln"], (x.ptr(), 0), (y.ptr(), 0))
-        }
-        (CudaLinear::Int8 { cb: x, scb: xs, threshold: None, .. }, CudaLinear::Int8 { cb: y, scb: ys, threshold: None, .. })
-            if ok_x && ka % 16 == 0 && kb % 16 == 0 =>
-        {
-            (["gemv_int8w_bf16_t1_pair", "gemv_int8w_bf16_t1_pair_ln"], (x.ptr(), xs.ptr()), (y.ptr(), ys.ptr()))
-        }
-        _ => return Ok(false),
-    };
+    let Some((int8, (wa, sa), (wb, sb))) = gemv8_t1_operands(&a, &b).filter(|_| ok_norm) else { return Ok(false) };
+    let kernel = if int8 { ["gemv_int8w_bf16_t1_pair", "gemv_int8w_bf16_t1_pair_ln"] } else { ["gemv_bf16_t1_pair", "gemv_bf16_t1_pair_ln"] };
     let (blocks_a, blocks_b) = pair_blocks(GEMV8_BLOCKS_PER_SM * dev.sm_count as usize, (na, ka), (nb, kb), 4);
     let args = Args::new().ptr(a.x).ptr(wa).ptr(sa).i32(na as i32).i32(ka as i32).opt(a.bias).i32(a.epi.code()).ptr(a.out);
     let args = args.ptr(b.x).ptr(wb).ptr(sb).i32(nb as i32).i32(kb as i32).opt(b.bias).i32(b.epi.code()).ptr(b.out);
@@ -229,25 +219,37 @@ pub unsafe fn matmul_pair(dev: &Device, a: PairProduct, b: PairProduct, norm: Op
 /// As `matmul` for each product with rows = 1 and Epilogue::Accumulate into the same out.
 pub unsafe fn matmul_sum(dev: &Device, a: PairProduct, b: PairProduct) -> Result<bool> {
     let ((na, ka), (nb, kb)) = (a.w.dims(), b.w.dims());
-    if na != nb || na == 0 || a.out != b.out || a.x % 16 != 0 || b.x % 16 != 0 {
-        return Ok(false);
-    }
-    let (kernel, (wa, sa), (wb, sb)) = match (a.w, b.w) {
-        (CudaLinear::Dense { w: x, .. }, CudaLinear::Dense { w: y, .. }) if ka % 8 == 0 && kb % 8 == 0 => {
-            ("gemv_bf16_t1_dual", (x.ptr(), 0), (y.ptr(), 0))
-        }
-        (CudaLinear::Int8 { cb: x, scb: xs, threshold: None, .. }, CudaLinear::Int8 { cb: y, scb: ys, threshold: None, .. })
-            if ka % 16 == 0 && kb % 16 == 0 =>
-        {
-            ("gemv_int8w_bf16_t1_dual", (x.ptr(), xs.ptr()), (y.ptr(), ys.ptr()))
-        }
-        _ => return Ok(false),
-    };
-    let blocks = (GEMV8_BLOCKS_PER_SM * dev.sm_count as usize).min(na.div_ceil(4)).max(1);
+    let same_out = na == nb && a.out == b.out;
+    let Some((int8, (wa, sa), (wb, sb))) = gemv8_t1_operands(&a, &b).filter(|_| same_out) else { return Ok(false) };
+    let kernel = if int8 { "gemv_int8w_bf16_t1_dual" } else { "gemv_bf16_t1_dual" };
+    let blocks = gemv8_blocks(dev, na, 4);
     let args = Args::new().ptr(a.x).ptr(wa).ptr(sa).i32(na as i32).i32(ka as i32).opt(a.bias).i32(Epilogue::Accumulate.code()).ptr(a.out);
     let args = args.ptr(b.x).ptr(wb).ptr(sb).i32(kb as i32).opt(b.bias);
     dev.launch("gemv8", kernel, Grid::new((blocks as u32, 1, 1), GEMV8_WARPS * 32).with_pdl(), args)?;
     Ok(true)
+}
+
+/// The weights of two T = 1 products that gemv8's two-product kernels serve together: both bf16
+/// (whole 16-byte words a row) or both LLM.int8 weight-only (the same), N > 0, x 16-byte aligned.
+/// Returns (int8, (w, scb) of a, (w, scb) of b); scb is 0 for bf16.
+fn gemv8_t1_operands(a: &PairProduct, b: &PairProduct) -> Option<(bool, (u64, u64), (u64, u64))> {
+    let ((na, ka), (nb, kb)) = (a.w.dims(), b.w.dims());
+    if na == 0 || nb == 0 || a.x % 16 != 0 || b.x % 16 != 0 {
+        return None;
+    }
+    match (a.w, b.w) {
+        (CudaLinear::Dense { w: x, .. }, CudaLinear::Dense { w: y, .. }) if ka % 8 == 0 && kb % 8 == 0 => Some((false, (x.ptr(), 0), (y.ptr(), 0))),
+        (CudaLinear::Int8 { cb: x, scb: xs, threshold: None, .. }, CudaLinear::Int8 { cb: y, scb: ys, threshold: None, .. }) if ka % 16 == 0 && kb % 16 == 0 => {
+            Some((true, (x.ptr(), xs.ptr()), (y.ptr(), ys.ptr())))
+        }
+        _ => None,
+    }
+}
+
+/// Blocks of a gemv8 launch: one wave (GEMV8_BLOCKS_PER_SM a multiprocessor), at most one per
+/// `rows_per_group` of the N rows.
+fn gemv8_blocks(dev: &Device, n: usize, rows_per_group: usize) -> usize {
+    (GEMV8_BLOCKS_PER_SM * dev.sm_count as usize).min(n.div_ceil(rows_per_group)).max(1)
 }
 
 /// Split `total` blocks between two products of shapes (N, K) in proportion to their weights, each
@@ -309,7 +311,7 @@ const GEMV8_MMA_K: usize = 64;
 /// As `matmul`; w holds N*K weights (and scb N scales, or 0 for bf16) in the kernel's format.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemv8(dev: &Device, kernel: &'static str, rows_per_group: usize, x: u64, rows: usize, w: u64, scb: u64, n: usize, k: usize, bias: Option<u64>, epi: Epilogue, out: u64) -> Result<()> {
-    let blocks = (GEMV8_BLOCKS_PER_SM * dev.sm_count as usize).min(n.div_ceil(rows_per_group)).max(1);
+    let blocks = gemv8_blocks(dev, n, rows_per_group);
     let a = Args::new().ptr(x).ptr(w).ptr(scb).i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).i32(epi.code()).ptr(out);
     dev.launch("gemv8", kernel, Grid::new((blocks as u32, 1, 1), GEMV8_WARPS * 32).with_pdl(), a)
 }
