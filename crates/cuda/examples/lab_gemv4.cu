@@ -6,7 +6,8 @@
 //   lab_stream_read(p (n16 uint4), n16, out): read-only streaming (xor of 16-byte loads), the
 //     practical read ceiling; lab_stream_read4: 4 loads in flight per thread.
 //   lab_old_body (v2..v4), lab_ring_body (v6): the measured alternatives to quant4.cu's gemv4t_body (v5).
-//   lab_tc_*: gemv4t_body instantiations (see the table in lab_gemv4.rs).
+//   lab_tc_*, lab_v5_*, lab_v7_*, lab_v9_*: gemv4t_body instantiations (see the table in lab_gemv4.rs).
+//   lab_bulk_body (v8): the bulk-copy (TMA) ring.
 
 // ---- v1 (the previous gemv4_bf16_t*) ----
 #define V1_ROWS 4
@@ -570,3 +571,243 @@ LAB_RING_KERNEL(lab_v6_w8r2u2d3, 8, 2, 2, 3, false, 2)
 LAB_RING_KERNEL(lab_v6_w8r1u2d6, 8, 1, 2, 6, false, 2)
 LAB_RING_KERNEL(lab_v6_w8r2u1d6, 8, 2, 1, 6, false, 2)
 LAB_RING_KERNEL(lab_v6_w4r2u2d6, 4, 2, 2, 6, false, 3)
+// v7: v5 with P register stages (P - 1 steps in flight while one is decoded), (NAME, W, RT, U, MAXT,
+// DQ, TS, NH, L64, BPS, P). Fewer tiles a step keep 16 warps an SM within 128 registers.
+GEMV4T_KERNEL_P(lab_v7_w8r1u2_p4, 8, 1, 2, 1, true, true, true, false, 2, 4)
+GEMV4T_KERNEL_P(lab_v7_w8r1u2_p5, 8, 1, 2, 1, true, true, true, false, 2, 5)
+GEMV4T_KERNEL_P(lab_v7_w8r2u1_p4, 8, 2, 1, 1, true, true, true, false, 2, 4)
+GEMV4T_KERNEL_P(lab_v7_w8r2u1_p5, 8, 2, 1, 1, true, true, true, false, 2, 5)
+GEMV4T_KERNEL_P(lab_v7_w4r1u2_p4_b4, 4, 1, 2, 1, true, true, true, false, 4, 4)
+GEMV4T_KERNEL_P(lab_v7_w8r1u2_p4_l64, 8, 1, 2, 1, true, true, true, true, 2, 4)
+GEMV4T_KERNEL_P(lab_v7_w8r2u1_p4_l64, 8, 2, 1, 1, true, true, true, true, 2, 4)
+GEMV4T_KERNEL_P(lab_v7_w8r2u2_p3_b1, 8, 2, 2, 1, true, true, true, false, 1, 3)
+GEMV4T_KERNEL_P(lab_v7_w8r2u2_p4_b1, 8, 2, 2, 1, true, true, true, false, 1, 4)
+GEMV4T_KERNEL_P(lab_v7_w4r2u2_p3_b3, 4, 2, 2, 1, true, true, true, false, 3, 3)
+
+// ---- v8: a block-wide bulk-copy (TMA) ring (T <= MAXT, double quant, tiled scales, hoisted nested
+// absmax). Register double buffering tops out at one step in flight a warp (ptxas puts every weight
+// load on one scoreboard, so a deeper register pipeline waits for all of it: v7). Here one thread
+// copies each step's bytes (the block's RT row tiles x JSTEP k-blocks: RT contiguous runs of JSTEP
+// tiles and their code bytes) into stage it % D with cp.async.bulk, completing on full[slot]; the
+// warps read their tiles back with one LDS.128 a tile, decode as v5 and arrive on empty[slot]; the
+// copier refills a slot once all W warps arrived. D - 1 steps stay in flight with no register cost.
+// x (and the nested absmax) of the next step are loaded into registers one step ahead.
+__device__ __forceinline__ void lab_mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void lab_mbar_expect_tx(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void lab_mbar_arrive(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void lab_mbar_wait(u32 bar, u32 parity) {
+    asm volatile(
+        "{\n .reg .pred p;\n LAB_WAIT_%=:\n"
+        " mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+        " @!p bra LAB_WAIT_%=;\n}" ::"r"(bar), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void lab_bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+}
+
+template <int W, int RT, int U, int MAXT, int D, bool L64>
+__device__ __forceinline__ void lab_bulk_body(const bf16* __restrict__ x, const uint4* __restrict__ tiles,
+                                              const float* __restrict__ absmax, const u8* __restrict__ absmax_q,
+                                              const float* __restrict__ absmax_code, const float* __restrict__ nested,
+                                              int nested_shift, int nested_jshift, float offset,
+                                              const float* __restrict__ code, int bshift, int N, int K, int T,
+                                              const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
+    constexpr int NT = U * RT, JSTEP = W * U;
+    constexpr int NC = MAXT == 1 ? 2 : 4;
+    constexpr int LUT_BYTES = L64 ? T4_LUT64_BYTES : T4_LUT32_BYTES;
+    constexpr int RED = W * RT * NC * 128;
+    constexpr int TILE_BYTES = RT * JSTEP * 512;        // a stage: the tiles, then their code bytes
+    constexpr int STAGE = TILE_BYTES + RT * JSTEP * 16;
+    extern __shared__ __align__(128) u8 t4_smem[];
+    __shared__ __align__(8) u64 bars[2 * D];  // full[D], then empty[D]
+    float* red = reinterpret_cast<float*>(t4_smem + LUT_BYTES);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const u32 lane4 = (u32)lane * 4, sbase = t4_smem_base(t4_smem);
+    const u32 stage0 = sbase + LUT_BYTES + RED;
+    const u32 bar0 = t4_smem_base(bars);
+    const int KB = K >> 6, tiles_n = N >> 4, groups = (tiles_n + RT - 1) / RT;
+    const int S = (KB + JSTEP - 1) / JSTEP;
+    const int my_groups = (int)blockIdx.x < groups ? (groups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    const int total = my_groups * S;
+    const u32 qb = 2 * (g & 1);
+    const bool copier = threadIdx.x == 0;
+
+    // The copier's view of step `it`: group blockIdx.x + (it / S) * gridDim.x, k-blocks JSTEP * (it % S)..
+    auto issue = [&](int it) {
+        const int slot = it % D;
+        const int grp = blockIdx.x + (it / S) * gridDim.x, s = it % S;
+        const int nkb = min(JSTEP, KB - JSTEP * s);
+        int rows = min(RT, tiles_n - grp * RT);
+        const u32 full = bar0 + 8 * slot, dst = stage0 + slot * STAGE;
+        lab_mbar_expect_tx(full, (u32)(rows * nkb * 528));
+        for (int rt = 0; rt < rows; rt++) {
+            const i64 tile = (i64)(grp * RT + rt) * KB + JSTEP * s;
+            lab_bulk_copy(dst + rt * JSTEP * 512, tiles + tile * 32, nkb * 512, full);
+            lab_bulk_copy(dst + TILE_BYTES + rt * JSTEP * 16, absmax_q + tile * 16, nkb * 16, full);
+        }
+    };
+
+    if (copier) {
+        for (int i = 0; i < D; i++) {
+            lab_mbar_init(bar0 + 8 * i, 1);
+            lab_mbar_init(bar0 + 8 * (D + i), W);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    if (copier)
+        for (int it = 0; it < D - 1 && it < total; it++) issue(it);
+    t4_fill_lut<L64>(t4_smem, code, absmax_code);
+    __syncthreads();
+    PDL_ENTER();
+
+    float acc[RT][NC];
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+        for (int c = 0; c < NC; c++) acc[rt][c] = 0.f;
+
+    // x of step `it` (token g's 16 values at k 64j+16t.. of this warp's k-blocks), zero past K or T.
+    auto load_x = [&](int it, u32 (&xw)[U][8]) {
+        const int s = it % S;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = JSTEP * s + W * u + warp;
+            if (it < total && g < T && j < KB) {
+                const uint4* p = reinterpret_cast<const uint4*>(x + (i64)g * K + 64 * j + 16 * t);
+                const uint4 v0 = __ldg(p), v1 = __ldg(p + 1);
+                xw[u][0] = v0.x; xw[u][1] = v0.y; xw[u][2] = v0.z; xw[u][3] = v0.w;
+                xw[u][4] = v1.x; xw[u][5] = v1.y; xw[u][6] = v1.z; xw[u][7] = v1.w;
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; i++) xw[u][i] = 0u;
+            }
+        }
+    };
+    // The nested absmax of this lane's rows (g, g + 8 of each row tile) at step `it`.
+    auto load_nv = [&](int it, float (&nv)[RT][2]) {
+        const int grp = blockIdx.x + (it / S) * gridDim.x, jp = (JSTEP * (it % S)) >> nested_jshift;
+#pragma unroll
+        for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const i64 n = (i64)(grp * RT + rt) * 16 + g + 8 * h;
+                nv[rt][h] = (it < total && n < N) ? __ldg(nested + ((n * KB) >> nested_shift) + jp) : 0.f;
+            }
+    };
+    auto nv_key = [&](int it) { return (it / S) * 65536 + ((JSTEP * (it % S)) >> nested_jshift); };
+
+    auto reduce = [&](int grp) {
+#pragma unroll
+        for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                red[((warp * RT + rt) * NC + c) * 32 + lane] = acc[rt][c];
+                acc[rt][c] = 0.f;
+            }
+        __syncthreads();
+        const int per_tile = 16 * T;
+        for (int o = threadIdx.x; o < RT * per_tile; o += blockDim.x) {
+            const int rt = o / per_tile, rem = o - rt * per_tile, tok = rem >> 4, m = rem & 15;
+            const int src_lane = (m & 7) * 4 + (tok >> 1);
+            const int c = MAXT == 1 ? (m >> 3) : (m >> 3) * 2 + (tok & 1);
+            float sum = 0.f;
+#pragma unroll
+            for (int w = 0; w < W; w++) sum += red[((w * RT + rt) * NC + c) * 32 + src_lane];
+            const int n = (grp * RT + rt) * 16 + m;
+            if (n < N) store_epilogue(out, (i64)tok * N + n, sum + (bias != nullptr ? bf2f(bias[n]) : 0.f), epi);
+        }
+        __syncthreads();
+    };
+
+    u32 xw[U][8], xn[U][8];
+    float nv[RT][2], nn[RT][2];
+    load_x(0, xw);
+    load_nv(0, nv);
+    int key = nv_key(0);
+    for (int it = 0; it < total; it++) {
+        const int slot = it % D, s = it % S;
+        const int grp = blockIdx.x + (it / S) * gridDim.x;
+        if (copier && it + D - 1 < total) {
+            if (it >= 1) lab_mbar_wait(bar0 + 8 * (D + (it - 1) % D), (u32)(((it - 1) / D) & 1));
+            issue(it + D - 1);
+        }
+        // Next step's x and nested absmax into registers (waited for one step later).
+        load_x(it + 1, xn);
+        const int next_key = nv_key(it + 1);
+        const bool new_nv = next_key != key;
+        if (new_nv) load_nv(it + 1, nn);
+        lab_mbar_wait(bar0 + 8 * slot, (u32)((it / D) & 1));
+        const u32 st = stage0 + slot * STAGE;
+        uint4 a[NT];
+        u32 s0[NT];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) {
+                const int e = u * RT + rt, jl = W * u + warp;
+                const bool ok = JSTEP * s + jl < KB && grp * RT + rt < tiles_n;
+                a[e] = ok ? lab_lds128(st + (rt * JSTEP + jl) * 512 + lane * 16) : make_uint4(0, 0, 0, 0);
+                s0[e] = ok ? t4_lds(st + TILE_BYTES + (rt * JSTEP + jl) * 16 + 4 * (g >> 1)) : 0u;
+            }
+        __syncwarp();
+        if (lane == 0) lab_mbar_arrive(bar0 + 8 * (D + slot));
+        float c[NT][4];
+#pragma unroll
+        for (int e = 0; e < NT; e++) c[e][0] = c[e][1] = c[e][2] = c[e][3] = 0.f;
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+#pragma unroll
+            for (int e = 0; e < NT; e++) {
+                const u32 w = q == 0 ? a[e].x : q == 1 ? a[e].y : q == 2 ? a[e].z : a[e].w;
+                const int u = e / RT;
+                t4_mma(c[e], t4_pair<L64, 0>(sbase, w, lane4), t4_pair<L64, 1>(sbase, w, lane4), t4_pair<L64, 2>(sbase, w, lane4),
+                       t4_pair<L64, 3>(sbase, w, lane4), xw[u][2 * q], xw[u][2 * q + 1]);
+            }
+#pragma unroll
+        for (int e = 0; e < NT; e++) {
+            const int rt = e % RT;
+            const float cg2 = t4_code2_at<L64>(sbase, s0[e], qb, lane4), ch2 = t4_code2_at<L64>(sbase, s0[e], qb + 1, lane4);
+            const float sg = __fadd_rn(__fmul_rn(cg2, nv[rt][0]), offset), sh = __fadd_rn(__fmul_rn(ch2, nv[rt][1]), offset);
+            if (MAXT == 1) {
+                acc[rt][0] = fmaf(c[e][0], sg, acc[rt][0]);
+                acc[rt][1] = fmaf(c[e][2], sh, acc[rt][1]);
+            } else {
+                acc[rt][0] = fmaf(c[e][0], sg, acc[rt][0]);
+                acc[rt][1] = fmaf(c[e][1], sg, acc[rt][1]);
+                acc[rt][2] = fmaf(c[e][2], sh, acc[rt][2]);
+                acc[rt][3] = fmaf(c[e][3], sh, acc[rt][3]);
+            }
+        }
+        if (s == S - 1) reduce(grp);
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int i = 0; i < 8; i++) xw[u][i] = xn[u][i];
+        if (new_nv) {
+            key = next_key;
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) nv[rt][0] = nn[rt][0], nv[rt][1] = nn[rt][1];
+        }
+    }
+}
+
+#define LAB_BULK_KERNEL(NAME, W, RT, U, D, L64, BPS)                                                  \
+    extern "C" __global__ void __launch_bounds__(W * 32, BPS) NAME(T4_ARGS) {                          \
+        lab_bulk_body<W, RT, U, 1, D, L64>(T4_PASS);                                                  \
+    }
+// v8 (NAME, W, RT, U, D, L64, BPS)
+LAB_BULK_KERNEL(lab_v8_w8r2u2d3, 8, 2, 2, 3, false, 2)
+LAB_BULK_KERNEL(lab_v8_w8r2u2d4, 8, 2, 2, 4, false, 2)
+LAB_BULK_KERNEL(lab_v8_w8r2u1d4, 8, 2, 1, 4, false, 2)
+LAB_BULK_KERNEL(lab_v8_w8r2u2d6, 8, 2, 2, 6, false, 1)
+LAB_BULK_KERNEL(lab_v8_w8r2u2d4_l64, 8, 2, 2, 4, true, 1)
+// v9: the production body with the split schedule (every resident block an equal share of the steps).
+GEMV4T_KERNEL_SPLIT(lab_v9_w8r2u2_split, 8, 2, 2, 1, true, true, true, false, 2)

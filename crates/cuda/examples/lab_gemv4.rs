@@ -1,13 +1,18 @@
 //! Lab for the NF4/FP4 (bitsandbytes 4-bit) decode GEMV at the memory roofline (issue 6).
 //!
 //! Run on a GPU machine: `cargo run --release -p peregrine-cuda --example lab_gemv4` (optional
-//! argument `quick`: fewer trials). For each Falcon-40B shape (qkv 9216x8192, dense 8192x8192,
-//! h->4h 32768x8192, 4h->h 8192x32768) it makes a synthetic NF4 weight with double quantization
-//! (blocksize 64) on the device, computes the CPU oracle (peregrine_quant::matmul on the weight
+//! arguments: `quick`, fewer trials; a name filter such as `v7` or `lab_v5_w8r2u2|v7`, see
+//! name_filter). For each Falcon-40B shape (qkv 9216x8192, dense 8192x8192, h->4h 32768x8192,
+//! 4h->h 8192x32768) it makes a synthetic NF4 weight with double quantization (blocksize 64) on the device, computes the CPU oracle (peregrine_quant::matmul on the weight
 //! downloaded in bitsandbytes' layout) for 8 random activation rows, and runs every version:
 //!   v1       the previous kernel (bnb layout, FMA on decoded floats; copied in lab_gemv4.cu)
 //!   v2..v4   the tensor-core tile GEMV (lab_gemv4.cu instantiations of quant4.cu's gemv4t_body)
 //!   sweep    other (warps, row tiles, k-blocks per step, blocks per SM) of v4
+//!   v5       quant4.cu's gemv4t_body (production), and sweeps of it
+//!   v6       a per-warp cp.async ring (lab_gemv4.cu)
+//!   v7       v5 with 3 to 5 register stages (gemv4t_body's P)
+//!   v8       a block-wide bulk-copy (TMA) ring with mbarriers (lab_gemv4.cu)
+//!   v9       v5 with the split schedule (gemv4t_body's SPLIT: every resident block an equal share)
 //!   prod     the production path, linear::matmul (also T = 2, 4, 8, FP4, plain scales, blocksize 128)
 //! Each is checked against the oracle (output poisoned with NaN first; relative error printed,
 //! tolerance TOL) and timed with CUDA events: median over TRIALS of one pass over COPIES copies
@@ -111,6 +116,10 @@ enum Body {
     V5,
     /// v6: the cp.async ring, `depth` stages per warp.
     Ring { depth: usize },
+    /// v8: the block-wide bulk-copy ring, `depth` stages per block.
+    Bulk { depth: usize },
+    /// v9: v5 with the split schedule (every resident block takes an equal share of the steps).
+    Split,
 }
 
 /// A tile-GEMV configuration compiled in lab_gemv4.cu (must match its kernel line).
@@ -132,6 +141,7 @@ impl TileCfg {
         let red = self.warps * self.row_tiles * 2 * 32 * 4;
         let ring = match self.body {
             Body::Ring { depth } => self.warps * depth * (self.row_tiles * self.kstep * 528 + self.kstep * 128),
+            Body::Bulk { depth } => depth * self.row_tiles * self.warps * self.kstep * 528,
             _ => 0,
         };
         (lut + red + ring) as u32
@@ -158,7 +168,37 @@ const CONFIGS: &[TileCfg] = &[
     cfg("lab_v6_w8r1u2d6", "v6 cp.async ring w8 r1 u2 d6", Body::Ring { depth: 6 }, 8, 1, 2, false),
     cfg("lab_v6_w8r2u1d6", "v6 cp.async ring w8 r2 u1 d6", Body::Ring { depth: 6 }, 8, 2, 1, false),
     cfg("lab_v6_w4r2u2d6", "v6 cp.async ring w4 r2 u2 d6", Body::Ring { depth: 6 }, 4, 2, 2, false),
+    cfg("lab_v7_w8r1u2_p4", "v7 w8 r1 u2, 4 stages", Body::V5, 8, 1, 2, false),
+    cfg("lab_v7_w8r1u2_p5", "v7 w8 r1 u2, 5 stages", Body::V5, 8, 1, 2, false),
+    cfg("lab_v7_w8r2u1_p4", "v7 w8 r2 u1, 4 stages", Body::V5, 8, 2, 1, false),
+    cfg("lab_v7_w8r2u1_p5", "v7 w8 r2 u1, 5 stages", Body::V5, 8, 2, 1, false),
+    cfg("lab_v7_w4r1u2_p4_b4", "v7 w4 r1 u2, 4 stages, 4/SM", Body::V5, 4, 1, 2, false),
+    cfg("lab_v7_w8r1u2_p4_l64", "v7 w8 r1 u2, 4 stages, 64K table", Body::V5, 8, 1, 2, true),
+    cfg("lab_v7_w8r2u1_p4_l64", "v7 w8 r2 u1, 4 stages, 64K table", Body::V5, 8, 2, 1, true),
+    cfg("lab_v7_w8r2u2_p3_b1", "v7 w8 r2 u2, 3 stages, 1/SM", Body::V5, 8, 2, 2, false),
+    cfg("lab_v7_w8r2u2_p4_b1", "v7 w8 r2 u2, 4 stages, 1/SM", Body::V5, 8, 2, 2, false),
+    cfg("lab_v7_w4r2u2_p3_b3", "v7 w4 r2 u2, 3 stages, 3/SM", Body::V5, 4, 2, 2, false),
+    cfg("lab_v8_w8r2u2d3", "v8 bulk ring w8 r2 u2, 3 stages", Body::Bulk { depth: 3 }, 8, 2, 2, false),
+    cfg("lab_v8_w8r2u2d4", "v8 bulk ring w8 r2 u2, 4 stages", Body::Bulk { depth: 4 }, 8, 2, 2, false),
+    cfg("lab_v8_w8r2u1d4", "v8 bulk ring w8 r2 u1, 4 stages", Body::Bulk { depth: 4 }, 8, 2, 1, false),
+    cfg("lab_v8_w8r2u2d6", "v8 bulk ring w8 r2 u2, 6 stages, 1/SM", Body::Bulk { depth: 6 }, 8, 2, 2, false),
+    cfg("lab_v8_w8r2u2d4_l64", "v8 bulk ring, 4 stages, 64K table", Body::Bulk { depth: 4 }, 8, 2, 2, true),
+    cfg("lab_v9_w8r2u2_split", "v9 v5 with the split schedule", Body::Split, 8, 2, 2, false),
 ];
+
+/// The lab's second argument (after an optional `quick`): only the versions whose kernel name
+/// contains one of its `|`-separated parts; the production path and the stream reads always run.
+fn name_filter() -> Option<String> {
+    std::env::args().skip(1).find(|a| a != "quick")
+}
+
+fn wanted(name: &str) -> bool {
+    name_filter().is_none_or(|f| f.split('|').any(|part| name.contains(part)))
+}
+
+fn selected(configs: &'static [TileCfg]) -> impl Iterator<Item = &'static TileCfg> {
+    configs.iter().filter(|c| wanted(c.name))
+}
 
 /// One row of the final table.
 struct Row {
@@ -338,7 +378,9 @@ impl ShapeRun<'_> {
             return Err(format!("{}: no block fits an SM ({smem} bytes of shared memory)", cfg.name).into());
         }
         let groups = (n / 16).div_ceil(cfg.row_tiles);
-        let grid = linear::four_bit::one_wave_blocks(groups, occ * self.dev.sm_count as usize);
+        let resident = occ * self.dev.sm_count as usize;
+        let split = cfg.body == Body::Split;
+        let grid = if split { linear::four_bit::split_blocks(groups, resident) } else { linear::four_bit::strided_blocks(groups, resident) };
         let offset = *offset;
         let mut launch = |c: usize| -> Res<()> {
             let w = four(&self.tiles[c]);
@@ -348,7 +390,7 @@ impl ShapeRun<'_> {
             // SAFETY: the arguments follow T4_ARGS; every buffer belongs to this (n, k) weight.
             unsafe { self.lab.launch(self.dev, cfg.name, grid, threads, smem, p) }
         };
-        let note = format!("{occ}/SM, grid {grid}, {:.2} groups/block", groups as f64 / grid as f64);
+        let note = format!("{occ}/SM, grid {grid}{}, {:.2} groups/block", if split { " split" } else { "" }, groups as f64 / grid as f64);
         self.measure(cfg.label, 1, weight_bytes(w0), note, &mut launch)
     }
 
@@ -425,10 +467,11 @@ fn run_shape(dev: &Device, lab: &LabModule, name: &str, n: usize, k: usize, kind
     let run = ShapeRun { dev, lab, name: name.into(), n, k, tiles, x: dev.upload(&xb)?, out: dev.alloc_zeros::<bf16>(8 * n)?, want, trials };
     println!("  layout {:?}, {copies} copies of {:.1} MB", four(&run.tiles[0]).layout, bytes as f64 / 1e6);
     if full {
-        let bnb: Vec<BnbCopy> = (0..copies).map(|_| bnb_copy(dev, &host)).collect::<Res<_>>()?;
-        rows.push(run.v1(&bnb, 1)?);
-        drop(bnb);
-        for cfg in CONFIGS {
+        if wanted("lab_v1_gemv4") {
+            let bnb: Vec<BnbCopy> = (0..copies).map(|_| bnb_copy(dev, &host)).collect::<Res<_>>()?;
+            rows.push(run.v1(&bnb, 1)?);
+        }
+        for cfg in selected(CONFIGS) {
             match run.tile_cfg(cfg) {
                 Ok(r) => rows.push(r),
                 Err(e) => println!("  {}: skipped: {e}", cfg.label),
@@ -457,7 +500,7 @@ fn edge_checks(dev: &Device, lab: &LabModule, rows: &mut Vec<Row>) -> Res<()> {
         let (x, want) = oracle(&host, k, 5 + k as u64)?;
         let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
         let run = ShapeRun { dev, lab, name: format!("edge {n}x{k}"), n, k, tiles: vec![w0], x: dev.upload(&xb)?, out: dev.alloc_zeros::<bf16>(8 * n)?, want, trials: 0 };
-        for cfg in CONFIGS {
+        for cfg in selected(CONFIGS) {
             rows.push(run.tile_cfg(cfg)?);
         }
         for t in [1, 3, 8] {

@@ -27,7 +27,7 @@
 //   gemv4t_{fast,tiled,flat}_{dq,plain}_t{1,8}(x (T, K), tiles, absmax.., nested_shift, nested_jshift,
 //     offset, code, bshift, N, K, T, bias, epi, out (T, N)): the tensor-core GEMV (gemv4t_body);
 //     fast: tiled scales + hoisted nested index, tiled: nested index per block, flat: blocksize > 64;
-//     gemv4t_fast_{dq,plain}_t1_w4: the same with 4-warp blocks (see linear/four_bit.rs TilePlan).
+//     gemv4t_fast_{dq,plain}_t{1,8}_split: the fast kernels with the split schedule (see gemv4t_body);
 //   gemv4_rows_bf16(x, packed (bnb), absmax.., code, blocksize, N, K, T, bias, epi, out): a plain
 //     warp-per-row GEMV for the bnb layout (odd shapes only: slow, but allocation-free like the rest).
 #include "prelude.cuh"
@@ -184,9 +184,16 @@ extern "C" __global__ void repack4_scales_f32(float* flat, float* tiled, int N, 
 
 // ------------------------------------------------------------------------------------------------
 // The tensor-core GEMV on the tiles layout.
-// Block = W warps owning RT consecutive row tiles (a "group"); the block walks groups blockIdx.x,
-// + gridDim.x, ... (the host sizes the grid so every block gets the same number of groups and all
-// blocks are resident: one wave). Inside a group the W warps split K: warp w takes k-blocks
+// Block = W warps; a "group" = RT consecutive row tiles, walked in S steps. The host launches one
+// wave (at most the resident blocks, at most one block a group) and picks the schedule:
+//   strided (SPLIT false): block b walks whole groups b, b + grid, ... (the grid divides the groups
+//     evenly); the blocks stream neighbouring groups at any time, which the memory favours (a
+//     contiguous share each measured 10% slower on h->4h);
+//   split (SPLIT true, kernels *_split): block b takes steps [b*G*S/grid, (b+1)*G*S/grid) of the groups' steps in order,
+//     an equal share to one step, for shapes whose groups just exceed the resident blocks (qkv: 288
+//     groups, 264 blocks: strided would run 144 blocks of two groups at half occupancy). A group is
+//     then cut by at most one block boundary; its two parts meet in g4_split_ws.
+// Inside a group the W warps split K: warp w takes k-blocks
 // j = w + W*(U*step + u), U k-blocks x RT tiles (16-byte loads) per step. Register double buffering:
 // the next step's loads (also across groups) are issued once the current step's data and x have
 // arrived and before the current step is decoded; an opaque zero multiplied by the current data
@@ -210,6 +217,16 @@ extern "C" __global__ void repack4_scales_f32(float* flat, float* tiled, int N, 
 // multiplies the f32 partial sum: bitsandbytes rounds code * absmax to bf16 instead, so results
 // differ from its by rounding only (relative ~2^-9 per weight, far less on a dot product).
 #define T4_LUT64_BYTES 65536
+
+// Groups cut by a block boundary (gemv4t_body's shares): each of the two blocks leaves its part, summed
+// over its warps, in g4_split_ws[boundary][part] (boundary b lies between blocks b and b + 1), and the
+// second to arrive (g4_split_cnt, reset by it) adds them. Module globals, so zero at load; one stream
+// uses them, and a launch touches them only after its PDL wait (the previous launch has ended).
+// The host keeps the grid at most G4_SPLIT_MAX blocks.
+#define G4_SPLIT_MAX 1024
+#define G4_SPLIT_OUT 256  // outputs of a part: RT * 16 rows x MAXT tokens
+__device__ float g4_split_ws[G4_SPLIT_MAX][2][G4_SPLIT_OUT];
+__device__ u32 g4_split_cnt[G4_SPLIT_MAX];
 #define T4_LUT32_BYTES (32768 + 1024)
 
 /// 16-byte load of weights: read-only path, not kept in L1 (each byte is read once).
@@ -265,8 +282,14 @@ __device__ __forceinline__ u32 t4_lds(u32 addr) {
 template <bool L64, int I>
 __device__ __forceinline__ u32 t4_pair(u32 sbase, u32 word, u32 lane4) {
     u32 off;
-    if (L64) off = __byte_perm(word, lane4, 0x5504u | (I << 4));  // byte I << 8 | lane * 4
-    else off = (((word >> (8 * I)) & 0xFFu) << 7) | lane4;
+    if (L64) {
+        off = __byte_perm(word, lane4, 0x5504u | (I << 4));  // byte I << 8 | lane * 4
+    } else {
+        // (byte I << 7) | lane * 4 as one shift and one LOP3: written in PTX because ptxas, left to
+        // itself, has split the OR into two LOP3s (measured: 64 more instructions a step, -18%).
+        const u32 shifted = I == 0 ? word << 7 : word >> (8 * I - 7);
+        asm("lop3.b32 %0, %1, 0x7f80, %2, 0xea;" : "=r"(off) : "r"(shifted), "r"(lane4));  // (a & b) | c
+    }
     return t4_lds(sbase + off);
 }
 
@@ -290,6 +313,75 @@ __device__ __forceinline__ void t4_mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3,
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+/// The end of a group of the tile GEMV (gemv4t_body): red holds each warp's fragment sums
+/// ([W][RT][NC][32] floats); thread (row, token) adds them in warp order. part -1: the whole group
+/// was this block's: add bias, apply the epilogue, store. part 0 / 1: the block computed the group's
+/// first / last steps; the sums wait in g4_split_ws for gemv4t_settle. Every thread of the block
+/// calls it (barriers inside).
+template <int W, int RT, int NC, int MAXT>
+__device__ __forceinline__ void gemv4t_finish(const float* red, int grp, int part, int N, int T, const bf16* __restrict__ bias,
+                                           int epi, bf16* __restrict__ out) {
+    static_assert(RT * 16 * MAXT <= G4_SPLIT_OUT, "a split part must fit g4_split_ws");
+    __syncthreads();
+    const int per_tile = 16 * T;
+    const int boundary = part == 0 ? blockIdx.x : blockIdx.x - 1;
+    for (int o = threadIdx.x; o < RT * per_tile; o += blockDim.x) {
+        const int rt = o / per_tile, rem = o - rt * per_tile, tok = rem >> 4, m = rem & 15;
+        const int src_lane = (m & 7) * 4 + (tok >> 1);
+        const int c = MAXT == 1 ? (m >> 3) : (m >> 3) * 2 + (tok & 1);
+        float sum = 0.f;
+#pragma unroll
+        for (int w = 0; w < W; w++) sum += red[((w * RT + rt) * NC + c) * 32 + src_lane];
+        const int n = (grp * RT + rt) * 16 + m;
+        if (part >= 0) g4_split_ws[boundary][part][o] = sum;
+        else if (n < N) store_epilogue(out, (i64)tok * N + n, sum + (bias != nullptr ? bf2f(bias[n]) : 0.f), epi);
+    }
+    __syncthreads();
+}
+
+/// gemv4t_finish out of line, for the split kernels (they call it from three places).
+template <int W, int RT, int NC, int MAXT>
+__device__ __noinline__ void gemv4t_finish_call(const float* red, int grp, int part, int N, int T, const bf16* __restrict__ bias,
+                                                int epi, bf16* __restrict__ out) {
+    gemv4t_finish<W, RT, NC, MAXT>(red, grp, part, N, T, bias, epi, out);
+}
+
+/// After the block's last step: for each group it shared with a neighbour (head: its first group,
+/// boundary blockIdx.x - 1; tail: its last, boundary blockIdx.x; -1 when none), count its arrival;
+/// the second of the two blocks adds part 0 then part 1 (a fixed order: every run rounds alike),
+/// adds bias, applies the epilogue, stores and resets the counter. Here rather than at the group's
+/// end, because the fence also waits for the loads in flight: once a block, with none left.
+template <int RT>
+__device__ __noinline__ void gemv4t_settle(int head_grp, int tail_grp, int N, int T, const bf16* __restrict__ bias,
+                                           int epi, bf16* __restrict__ out) {
+    __shared__ u32 second[2];
+    if (head_grp < 0 && tail_grp < 0) return;  // block-uniform
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x < 2) {
+        const int grp = threadIdx.x == 0 ? head_grp : tail_grp;
+        const int boundary = threadIdx.x == 0 ? blockIdx.x - 1 : blockIdx.x;
+        second[threadIdx.x] = 0;
+        if (grp >= 0 && atomicAdd(&g4_split_cnt[boundary], 1u) == 1) {
+            g4_split_cnt[boundary] = 0;
+            second[threadIdx.x] = 1;
+        }
+    }
+    __syncthreads();
+    const int per_tile = 16 * T;
+    for (int side = 0; side < 2; side++) {
+        if (!second[side]) continue;
+        __threadfence();
+        const int grp = side == 0 ? head_grp : tail_grp, boundary = side == 0 ? blockIdx.x - 1 : blockIdx.x;
+        for (int o = threadIdx.x; o < RT * per_tile; o += blockDim.x) {
+            const int rt = o / per_tile, rem = o - rt * per_tile, tok = rem >> 4, m = rem & 15;
+            const int n = (grp * RT + rt) * 16 + m;
+            const float sum = __ldcg(&g4_split_ws[boundary][0][o]) + __ldcg(&g4_split_ws[boundary][1][o]);
+            if (n < N) store_epilogue(out, (i64)tok * N + n, sum + (bias != nullptr ? bf2f(bias[n]) : 0.f), epi);
+        }
+    }
+}
+
 /// One step's loads (v5 register pipeline): NT = U * RT tiles, each 16 weight bytes and the raw
 /// scales of the lane's two rows: tiled double quant: the u32 holding both code bytes (s0); tiled
 /// plain: the two f32 (s0, s1); flat scales (TS false): the two code bytes or f32 (s0, s1) and, double
@@ -306,7 +398,7 @@ struct T4Stage {
 /// quantization; TS tiled scales (blocksize 64); NH nested index hoisted (see the header); L64 the
 /// 64 KB PRMT table (else 32 KB). Register double buffering: the next step's loads are issued after
 /// the current step's data and x have arrived and before they are decoded.
-template <int W, int RT, int U, int MAXT, bool DQ, bool TS, bool NH, bool L64>
+template <int W, int RT, int U, int MAXT, bool DQ, bool TS, bool NH, bool L64, int P = 2, bool SPLIT = false>
 __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const uint4* __restrict__ tiles,
                                             const float* __restrict__ absmax, const u8* __restrict__ absmax_q,
                                             const float* __restrict__ absmax_code, const float* __restrict__ nested,
@@ -323,8 +415,17 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
     const u32 lane4 = (u32)lane * 4, sbase = t4_smem_base(t4_smem);
     const int KB = K >> 6, tiles_n = N >> 4, groups = (tiles_n + RT - 1) / RT;
     const int S = (KB + JSTEP - 1) / JSTEP;  // steps per group, the same for every warp
+    // The block's work (see the header): strided, whole groups blockIdx.x, + gridDim.x, ...; split,
+    // steps [begin, end) of the groups' steps in order, an equal share to one step (the host keeps
+    // gridDim.x <= groups, so a share holds at least S steps and a group is cut by at most one block
+    // boundary: gemv4t_settle).
+    const i64 units = (i64)groups * S;
+    const int begin = SPLIT ? (int)(units * blockIdx.x / gridDim.x) : (int)blockIdx.x * S;
+    const int end = SPLIT ? (int)(units * (blockIdx.x + 1) / gridDim.x) : begin + S;  // (strided: first group)
+    const int gstride = SPLIT ? 1 : (int)gridDim.x;
     const int my_groups = (int)blockIdx.x < groups ? (groups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
-    const int total = my_groups * S;
+    const int total = SPLIT ? end - begin : my_groups * S;
+    const int lg_last = (end - 1) / S;  // the split share's last group
     // 0 at run time (T <= 8, checked on the host) but opaque to the compiler. Multiplied by words of
     // the current step it makes the next step's addresses depend on them, so ptxas retires the current
     // loads (and x) before issuing the next ones, and the decode never waits on the next step's
@@ -336,13 +437,13 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
     // Load cursor: group lg, step ls; tpl[rt] / spl[rt] point at tile (lg*RT + rt, k-block warp + JSTEP*ls)
     // (this lane's 16 bytes) and at its scales. Advanced just before each load (not after), so the
     // advance carries the dependency on the step being decoded.
-    int lg = blockIdx.x, ls = 0;
+    int lg = begin / S, ls = begin % S;
     const uint4* tpl[RT];
     const u8* spl[RT];
     auto set_load_ptrs = [&](u32 dep) {
 #pragma unroll
         for (int rt = 0; rt < RT; rt++) {
-            const i64 tile = (i64)(lg * RT + rt) * KB + warp + dep;
+            const i64 tile = (i64)(lg * RT + rt) * KB + warp + JSTEP * ls + dep;
             tpl[rt] = tiles + tile * 32 + lane;
             spl[rt] = DQ ? absmax_q + tile * 16 + 4 * (g >> 1) : reinterpret_cast<const u8*>(absmax + tile * 16 + 2 * g);
         }
@@ -350,7 +451,8 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
     auto advance_load = [&](u32 dep) {
         if (++ls == S) {
             ls = 0;
-            lg += gridDim.x;
+            lg += gstride;
+            if (SPLIT && lg > lg_last) lg = groups;  // past the share: zeros, not the next block's bytes
             set_load_ptrs(dep);
         } else {
 #pragma unroll
@@ -442,9 +544,12 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
         for (int c = 0; c < NC; c++) acc[rt][c] = 0.f;
 
     // Compute cursor: group cg, step cs; xp = this lane's x (token g) at k-block warp + JSTEP*cs.
-    int cg = blockIdx.x, cs = 0;
+    int cg = begin / S, cs = begin % S;
     const bf16* xp0 = x + (i64)g * K + 64 * warp + 16 * t;
-    const bf16* xp = xp0;
+    const bf16* xp = xp0 + 64 * JSTEP * cs;
+    // The step the block began the current group at: > 0 only for a group whose first steps belong
+    // to the previous block.
+    int cs_first = cs;
 
     // x of the current step: token g's 16 values at k 64j+16t.. (B fragments), zero past K or T.
     auto load_x = [&](u32 (&xw)[U][8]) {
@@ -504,8 +609,8 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
         }
     };
 
-    // Block-uniform: every thread reaches both barriers.
-    auto reduce = [&](int grp) {
+    // The group's per-warp sums go to shared memory; gemv4t_finish adds them.
+    auto reduce = [&](int grp, int part) {
 #pragma unroll
         for (int rt = 0; rt < RT; rt++)
 #pragma unroll
@@ -513,41 +618,41 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
                 red[((warp * RT + rt) * NC + c) * 32 + lane] = acc[rt][c];
                 acc[rt][c] = 0.f;
             }
-        __syncthreads();
-        const int per_tile = 16 * T;
-        for (int o = threadIdx.x; o < RT * per_tile; o += blockDim.x) {
-            const int rt = o / per_tile, rem = o - rt * per_tile, tok = rem >> 4, m = rem & 15;
-            const int src_lane = (m & 7) * 4 + (tok >> 1);
-            const int c = MAXT == 1 ? (m >> 3) : (m >> 3) * 2 + (tok & 1);
-            float sum = 0.f;
-#pragma unroll
-            for (int w = 0; w < W; w++) sum += red[((w * RT + rt) * NC + c) * 32 + src_lane];
-            const int n = (grp * RT + rt) * 16 + m;
-            if (n < N) store_epilogue(out, (i64)tok * N + n, sum + (bias != nullptr ? bf2f(bias[n]) : 0.f), epi);
-        }
-        __syncthreads();
+        if (SPLIT) gemv4t_finish_call<W, RT, NC, MAXT>(red, grp, part, N, T, bias, epi, out);
+        else gemv4t_finish<W, RT, NC, MAXT>(red, grp, part, N, T, bias, epi, out);
     };
 
+    // After a group's last step: a flat share began mid-group (part 1) only at its first group (its
+    // last group, if cut, is reduced after the loop, part 0).
     auto advance_compute = [&]() {
         if (++cs == S) {
-            reduce(cg);
+            reduce(cg, cs_first > 0 ? 1 : -1);
             cs = 0;
-            cg += gridDim.x;
+            cs_first = 0;
+            cg += gstride;
             xp = xp0;
         } else {
             xp += 64 * JSTEP;
         }
     };
 
+    // P stages: P - 1 in flight while one is decoded. st[p] holds steps p, p + P, ...
     set_load_ptrs(0);
-    T4Stage<NT, RT> sa, sb;
-    load(sa, sb, 0);  // in flight while the table is filled
+    T4Stage<NT, RT> st[P];
+    load(st[0], st[P - 1], 0);  // in flight while the table is filled (prev unused: nv_grp is -1)
+#pragma unroll
+    for (int p = 1; p < P - 1; p++) {
+        advance_load(0);
+        load(st[p], st[p - 1], 0);
+    }
     t4_fill_lut<L64>(t4_smem, code, DQ ? absmax_code : nullptr);
     __syncthreads();
     // Programmatic dependent launch (Grid::with_pdl): the first weights and the table above never
     // depend on the previous kernel; x (and out, for Accumulate) do, so wait here.
     PDL_ENTER();
-    auto run = [&](T4Stage<NT, RT>& cur, T4Stage<NT, RT>& nxt, int it) {
+    // cur: the step decoded now; nxt: the stage it frees last time round, loaded with the step P - 1
+    // ahead; last: the most recently loaded stage (its hoisted nested absmax carries over).
+    auto run = [&](T4Stage<NT, RT>& cur, T4Stage<NT, RT>& nxt, const T4Stage<NT, RT>& last) {
         u32 xw[U][8];
         load_x(xw);
         // Unconditional (past the last step it loads nothing: zeros), so the wait it implies is on
@@ -567,14 +672,17 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
             for (int rt = 0; rt < RT; rt++) mix ^= __float_as_uint(cur.nv[rt][0]) ^ __float_as_uint(cur.nv[rt][1]);
         const u32 dep = mix * opaque_zero;
         advance_load(dep);
-        load(nxt, cur, dep);
+        load(nxt, last, dep);
         compute(cur, xw);
         advance_compute();
     };
-    for (int it = 0; it < total; it += 2) {
-        run(sa, sb, it);
-        if (it + 1 < total) run(sb, sa, it + 1);
+    for (int it = 0; it < total; it += P) {
+#pragma unroll
+        for (int p = 0; p < P; p++)
+            if (p == 0 || it + p < total) run(st[p], st[(p + P - 1) % P], st[(p + P - 2) % P]);
     }
+    if (SPLIT && end % S != 0) reduce(cg, 0);
+    if (SPLIT) gemv4t_settle<RT>(begin % S != 0 ? begin / S : -1, end % S != 0 ? end / S : -1, N, T, bias, epi, out);
 }
 
 #define T4_ARGS                                                                                                     \
@@ -584,10 +692,16 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
 #define T4_PASS x, tiles, absmax, absmax_q, absmax_code, nested, nested_shift, nested_jshift, offset, code, bshift, N, K, T, bias, epi, out
 
 // NAME, warps, row tiles per group, k-blocks per step, max tokens, double quant, tiled scales, nested
-// index hoisted, 64 KB table, blocks per SM the registers must allow.
-#define GEMV4T_KERNEL(NAME, W, RT, U, MAXT, DQ, TS, NH, L64, BPS)                                          \
+// index hoisted, 64 KB table, blocks per SM the registers must allow(, register pipeline stages).
+#define GEMV4T_KERNEL_P(NAME, W, RT, U, MAXT, DQ, TS, NH, L64, BPS, P)                                    \
     extern "C" __global__ void __launch_bounds__(W * 32, BPS) NAME(T4_ARGS) {                              \
-        gemv4t_body<W, RT, U, MAXT, DQ, TS, NH, L64>(T4_PASS);                                            \
+        gemv4t_body<W, RT, U, MAXT, DQ, TS, NH, L64, P>(T4_PASS);                                         \
+    }
+#define GEMV4T_KERNEL(NAME, W, RT, U, MAXT, DQ, TS, NH, L64, BPS) GEMV4T_KERNEL_P(NAME, W, RT, U, MAXT, DQ, TS, NH, L64, BPS, 2)
+// The split schedule (see the header; linear/four_bit.rs tile_schedule picks it).
+#define GEMV4T_KERNEL_SPLIT(NAME, W, RT, U, MAXT, DQ, TS, NH, L64, BPS)                                      \
+    extern "C" __global__ void __launch_bounds__(W * 32, BPS) NAME(T4_ARGS) {                              \
+        gemv4t_body<W, RT, U, MAXT, DQ, TS, NH, L64, 2, true>(T4_PASS);                                    \
     }
 
 // Production configuration (crates/cuda/src/linear/four_bit.rs mirrors it: GEMV4T_* constants).
@@ -602,13 +716,11 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
     GEMV4T_KERNEL(gemv4t_tiled_dq_t##MAXT, G4_W, G4_RT, G4_U, MAXT, true, true, false, G4_L64, G4_BPS)     \
     GEMV4T_KERNEL(gemv4t_flat_dq_t##MAXT, G4_W, G4_RT, G4_U, MAXT, true, false, false, G4_L64, G4_BPS)     \
     GEMV4T_KERNEL(gemv4t_fast_plain_t##MAXT, G4_W, G4_RT, G4_U, MAXT, false, true, true, G4_L64, G4_BPS)   \
-    GEMV4T_KERNEL(gemv4t_flat_plain_t##MAXT, G4_W, G4_RT, G4_U, MAXT, false, false, true, G4_L64, G4_BPS)
+    GEMV4T_KERNEL(gemv4t_flat_plain_t##MAXT, G4_W, G4_RT, G4_U, MAXT, false, false, true, G4_L64, G4_BPS)       \
+    GEMV4T_KERNEL_SPLIT(gemv4t_fast_dq_t##MAXT##_split, G4_W, G4_RT, G4_U, MAXT, true, true, true, G4_L64, G4_BPS) \
+    GEMV4T_KERNEL_SPLIT(gemv4t_fast_plain_t##MAXT##_split, G4_W, G4_RT, G4_U, MAXT, false, true, true, G4_L64, G4_BPS)
 G4_KERNELS(1)
 G4_KERNELS(8)
-// Small blocks (4 warps, 4 per SM) for shapes whose row-tile groups just exceed the 8-warp kernels'
-// resident blocks (qkv 9216 rows: 288 groups, 264 slots), so every group still gets a block.
-GEMV4T_KERNEL(gemv4t_fast_dq_t1_w4, 4, G4_RT, G4_U, 1, true, true, true, G4_L64, 4)
-GEMV4T_KERNEL(gemv4t_fast_plain_t1_w4, 4, G4_RT, G4_U, 1, false, true, true, G4_L64, 4)
 
 // ------------------------------------------------------------------------------------------------
 // The bnb-layout fallback GEMV: one warp per weight row (8 per block), lanes stride over its packed

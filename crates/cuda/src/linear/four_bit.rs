@@ -83,9 +83,8 @@ pub const GEMV4T_WARPS: usize = 8;
 pub const GEMV4T_ROW_TILES: usize = 2;
 pub const GEMV4T_KSTEP: usize = 2;
 pub const GEMV4T_BLOCKS_PER_SM: usize = 2;
-/// The small-block variant (gemv4t_fast_*_t1_w4): 4 warps, 4 blocks per SM.
-pub const GEMV4T_SMALL_WARPS: usize = 4;
-pub const GEMV4T_SMALL_BLOCKS_PER_SM: usize = 4;
+/// Most blocks a tile GEMV may have (kernels/quant4.cu G4_SPLIT_MAX).
+pub const GEMV4T_SPLIT_MAX: usize = 1024;
 /// Bytes of the per-lane decode table and the double-quant code (kernels/quant4.cu T4_LUT32_BYTES).
 pub const GEMV4T_LUT_BYTES: usize = 32768 + 1024;
 
@@ -322,6 +321,8 @@ pub struct TilePlan {
     pub nested_jshift: i32,
     /// log2(blocksize / 64).
     pub bshift: i32,
+    /// The split schedule (see tile_schedule): `kernel` is a `*_split` variant.
+    pub split: bool,
 }
 
 impl TilePlan {
@@ -358,37 +359,71 @@ impl TilePlan {
         };
         let groups = (w.n / 16).div_ceil(GEMV4T_ROW_TILES);
         let fragments = if one { 2 } else { 4 };
-        let plan = |kernel, warps: usize, per_sm: usize| TilePlan {
+        // Only the fast kernels have split variants (the Falcon shapes all take them).
+        let split_kernel = match kernel {
+            "gemv4t_fast_dq_t1" => Some("gemv4t_fast_dq_t1_split"),
+            "gemv4t_fast_dq_t8" => Some("gemv4t_fast_dq_t8_split"),
+            "gemv4t_fast_plain_t1" => Some("gemv4t_fast_plain_t1_split"),
+            "gemv4t_fast_plain_t8" => Some("gemv4t_fast_plain_t8_split"),
+            _ => None,
+        };
+        let resident = GEMV4T_BLOCKS_PER_SM * sm_count;
+        let (blocks, split, kernel) = match (tile_schedule(groups, resident), split_kernel) {
+            ((blocks, true), Some(name)) => (blocks, true, name),
+            _ => (strided_blocks(groups, resident), false, kernel),
+        };
+        TilePlan {
             kernel,
-            blocks: one_wave_blocks(groups, per_sm * sm_count),
-            threads: (warps * 32) as u32,
-            smem: (GEMV4T_LUT_BYTES + warps * GEMV4T_ROW_TILES * fragments * 32 * 4) as u32,
+            blocks,
+            split,
+            threads: (GEMV4T_WARPS * 32) as u32,
+            smem: (GEMV4T_LUT_BYTES + GEMV4T_WARPS * GEMV4T_ROW_TILES * fragments * 32 * 4) as u32,
             nested_shift,
             nested_jshift,
             bshift: (w.blocksize / 64).trailing_zeros() as i32,
-        };
-        // When the groups just exceed the 8-warp blocks that fit at once (so the one-wave grid would
-        // give blocks two groups each, at half occupancy) but fit the 4-warp blocks, use those
-        // (measured on qkv 9216 x 8192: 20.8 us against 24.5; the other Falcon-40B shapes were
-        // faster with 8 warps).
-        let resident = GEMV4T_BLOCKS_PER_SM * sm_count;
-        let small = match kernel {
-            "gemv4t_fast_dq_t1" => Some("gemv4t_fast_dq_t1_w4"),
-            "gemv4t_fast_plain_t1" => Some("gemv4t_fast_plain_t1_w4"),
-            _ => None,
-        };
-        match small {
-            Some(name) if groups > resident && groups <= GEMV4T_SMALL_BLOCKS_PER_SM * sm_count => {
-                plan(name, GEMV4T_SMALL_WARPS, GEMV4T_SMALL_BLOCKS_PER_SM)
-            }
-            _ => plan(kernel, GEMV4T_WARPS, GEMV4T_BLOCKS_PER_SM),
         }
     }
 }
 
-/// Blocks for `groups` equal work items when at most `resident` blocks run at once: one wave in
-/// which every block gets the same number of groups (ceil), so no block waits for a second wave.
-pub fn one_wave_blocks(groups: usize, resident: usize) -> u32 {
+/// The tile GEMV's grid and schedule (kernels/quant4.cu, gemv4t_body) for `groups` groups when at
+/// most `resident` blocks run at once: (blocks, split). Strided, whole groups in one wave of equal
+/// blocks, when the groups fit the resident blocks or an even split of them keeps at least 7/8 of
+/// those busy (every Falcon-40B shape but qkv); otherwise split: every resident block (at most
+/// G4_SPLIT_MAX) takes an equal share of the groups' steps.
+pub fn tile_schedule(groups: usize, resident: usize) -> (u32, bool) {
+    let strided = strided_blocks(groups, resident);
+    if groups <= resident || strided as usize * 8 >= resident * 7 {
+        (strided, false)
+    } else {
+        (split_blocks(groups, resident), true)
+    }
+}
+
+/// The strided schedule's grid: one wave in which every block gets the same number of groups.
+pub fn strided_blocks(groups: usize, resident: usize) -> u32 {
     let rounds = groups.div_ceil(resident.max(1)).max(1);
     groups.div_ceil(rounds).max(1) as u32
+}
+
+/// The split schedule's grid: every resident block, at most one a group and G4_SPLIT_MAX.
+pub fn split_blocks(groups: usize, resident: usize) -> u32 {
+    groups.min(resident).clamp(1, GEMV4T_SPLIT_MAX) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Falcon-40B shapes on an H200 (132 SMs, 2 blocks each: 264 resident) and the edges.
+    #[test]
+    fn tile_schedule_splits_only_when_strided_would_idle_blocks() {
+        assert_eq!(tile_schedule(288, 264), (264, true), "qkv 9216 rows: 144 strided blocks would idle 120");
+        assert_eq!(tile_schedule(256, 264), (256, false), "dense, 4h->h: one group a block");
+        assert_eq!(tile_schedule(1024, 264), (256, false), "h->4h: four groups a block");
+        assert_eq!(tile_schedule(9, 264), (9, false), "few groups: one a block");
+        assert_eq!(tile_schedule(2000, 264), (250, false), "eight rounds keep 250 of 264 busy");
+        assert_eq!(tile_schedule(5000, 2000), (1024, true), "the split grid stops at G4_SPLIT_MAX");
+        assert_eq!(strided_blocks(288, 264), 144);
+        assert_eq!(split_blocks(0, 264), 1);
+    }
 }
