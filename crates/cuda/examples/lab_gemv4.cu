@@ -336,19 +336,7 @@ __device__ __forceinline__ void lab_old_body(const bf16* __restrict__ x, const u
                 red[((warp * RT + rt) * NC + c) * 32 + lane] = acc[rt][c];
                 acc[rt][c] = 0.f;
             }
-        __syncthreads();
-        const int per_tile = 16 * T;
-        for (int o = threadIdx.x; o < RT * per_tile; o += blockDim.x) {
-            const int rt = o / per_tile, rem = o - rt * per_tile, tok = rem >> 4, m = rem & 15;
-            const int src_lane = (m & 7) * 4 + (tok >> 1);
-            const int c = MAXT == 1 ? (m >> 3) : (m >> 3) * 2 + (tok & 1);
-            float sum = 0.f;
-#pragma unroll
-            for (int w = 0; w < W; w++) sum += red[((w * RT + rt) * NC + c) * 32 + src_lane];
-            const int n = (grp * RT + rt) * 16 + m;
-            if (n < N) store_epilogue(out, (i64)tok * N + n, sum + (bias != nullptr ? bf2f(bias[n]) : 0.f), epi);
-        }
-        __syncthreads();
+        gemv4t_finish<W, RT, NC, MAXT>(red, grp, -1, N, T, bias, epi, out);  // barriers inside
     };
 
     auto advance_compute = [&]() {
@@ -712,19 +700,7 @@ __device__ __forceinline__ void lab_bulk_body(const bf16* __restrict__ x, const 
                 red[((warp * RT + rt) * NC + c) * 32 + lane] = acc[rt][c];
                 acc[rt][c] = 0.f;
             }
-        __syncthreads();
-        const int per_tile = 16 * T;
-        for (int o = threadIdx.x; o < RT * per_tile; o += blockDim.x) {
-            const int rt = o / per_tile, rem = o - rt * per_tile, tok = rem >> 4, m = rem & 15;
-            const int src_lane = (m & 7) * 4 + (tok >> 1);
-            const int c = MAXT == 1 ? (m >> 3) : (m >> 3) * 2 + (tok & 1);
-            float sum = 0.f;
-#pragma unroll
-            for (int w = 0; w < W; w++) sum += red[((w * RT + rt) * NC + c) * 32 + src_lane];
-            const int n = (grp * RT + rt) * 16 + m;
-            if (n < N) store_epilogue(out, (i64)tok * N + n, sum + (bias != nullptr ? bf2f(bias[n]) : 0.f), epi);
-        }
-        __syncthreads();
+        gemv4t_finish<W, RT, NC, MAXT>(red, grp, -1, N, T, bias, epi, out);  // barriers inside
     };
 
     u32 xw[U][8], xn[U][8];
