@@ -188,11 +188,12 @@ extern "C" __global__ void repack4_scales_f32(float* flat, float* tiled, int N, 
 // wave (at most the resident blocks, at most one block a group) and picks the schedule:
 //   strided (SPLIT false): block b walks whole groups b, b + grid, ... (the grid divides the groups
 //     evenly); the blocks stream neighbouring groups at any time, which the memory favours (a
-//     contiguous share each measured 10% slower on h->4h);
-//   split (SPLIT true, kernels *_split): block b takes steps [b*G*S/grid, (b+1)*G*S/grid) of the groups' steps in order,
-//     an equal share to one step, for shapes whose groups just exceed the resident blocks (qkv: 288
-//     groups, 264 blocks: strided would run 144 blocks of two groups at half occupancy). A group is
-//     then cut by at most one block boundary; its two parts meet in g4_split_ws.
+//     contiguous share each measured 6-10% slower on h->4h);
+//   split (SPLIT true, kernels *_split): block b takes steps [b*G*S/grid, (b+1)*G*S/grid) of the
+//     groups' steps in order, an equal share to one step, for shapes whose groups just exceed the
+//     resident blocks (qkv: 288 groups, 264 blocks: strided would run 144 blocks of two groups at
+//     half occupancy). A group is then cut by at most one block boundary; its two parts meet in
+//     g4_split_ws.
 // Inside a group the W warps split K: warp w takes k-blocks
 // j = w + W*(U*step + u), U k-blocks x RT tiles (16-byte loads) per step. Register double buffering:
 // the next step's loads (also across groups) are issued once the current step's data and x have
