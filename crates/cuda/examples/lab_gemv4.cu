@@ -314,28 +314,14 @@ __device__ __forceinline__ void lab_old_body(const bf16* __restrict__ x, const u
                     sg = __uint_as_float(st.s0[e]);
                     sh = __uint_as_float(st.s1[e]);
                 }
-                if (MAXT == 1) {
-                    acc[rt][0] = fmaf(c[0], sg, acc[rt][0]);
-                    acc[rt][1] = fmaf(c[2], sh, acc[rt][1]);
-                } else {
-                    acc[rt][0] = fmaf(c[0], sg, acc[rt][0]);
-                    acc[rt][1] = fmaf(c[1], sg, acc[rt][1]);
-                    acc[rt][2] = fmaf(c[2], sh, acc[rt][2]);
-                    acc[rt][3] = fmaf(c[3], sh, acc[rt][3]);
-                }
+                t4_scale_acc<MAXT>(acc[rt], c, sg, sh);
             }
         }
     };
 
     // Block-uniform: every thread reaches both barriers.
     auto reduce = [&](int grp) {
-#pragma unroll
-        for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-            for (int c = 0; c < NC; c++) {
-                red[((warp * RT + rt) * NC + c) * 32 + lane] = acc[rt][c];
-                acc[rt][c] = 0.f;
-            }
+        t4_park(acc, red);
         gemv4t_finish<W, RT, NC, MAXT>(red, grp, -1, N, T, bias, epi, out);  // barriers inside
     };
 
@@ -693,13 +679,7 @@ __device__ __forceinline__ void lab_bulk_body(const bf16* __restrict__ x, const 
     auto nv_key = [&](int it) { return (it / S) * 65536 + ((JSTEP * (it % S)) >> nested_jshift); };
 
     auto reduce = [&](int grp) {
-#pragma unroll
-        for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-            for (int c = 0; c < NC; c++) {
-                red[((warp * RT + rt) * NC + c) * 32 + lane] = acc[rt][c];
-                acc[rt][c] = 0.f;
-            }
+        t4_park(acc, red);
         gemv4t_finish<W, RT, NC, MAXT>(red, grp, -1, N, T, bias, epi, out);  // barriers inside
     };
 
@@ -752,15 +732,7 @@ __device__ __forceinline__ void lab_bulk_body(const bf16* __restrict__ x, const 
             const int rt = e % RT;
             const float cg2 = t4_code2_at<L64>(sbase, s0[e], qb, lane4), ch2 = t4_code2_at<L64>(sbase, s0[e], qb + 1, lane4);
             const float sg = __fadd_rn(__fmul_rn(cg2, nv[rt][0]), offset), sh = __fadd_rn(__fmul_rn(ch2, nv[rt][1]), offset);
-            if (MAXT == 1) {
-                acc[rt][0] = fmaf(c[e][0], sg, acc[rt][0]);
-                acc[rt][1] = fmaf(c[e][2], sh, acc[rt][1]);
-            } else {
-                acc[rt][0] = fmaf(c[e][0], sg, acc[rt][0]);
-                acc[rt][1] = fmaf(c[e][1], sg, acc[rt][1]);
-                acc[rt][2] = fmaf(c[e][2], sh, acc[rt][2]);
-                acc[rt][3] = fmaf(c[e][3], sh, acc[rt][3]);
-            }
+            t4_scale_acc<MAXT>(acc[rt], c[e], sg, sh);
         }
         if (s == S - 1) reduce(grp);
 #pragma unroll

@@ -314,6 +314,34 @@ __device__ __forceinline__ void t4_mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3,
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+/// acc (one row tile's sums: rows g, g + 8 x this lane's tokens) += a tile's mma fragment c times the
+/// scales of its rows (sg: row g, sh: row g + 8). At MAXT 1 only token 0's two values are kept.
+template <int MAXT, int NC>
+__device__ __forceinline__ void t4_scale_acc(float (&acc)[NC], const float (&c)[4], float sg, float sh) {
+    if (MAXT == 1) {
+        acc[0] = fmaf(c[0], sg, acc[0]);
+        acc[1] = fmaf(c[2], sh, acc[1]);
+    } else {
+        acc[0] = fmaf(c[0], sg, acc[0]);
+        acc[1] = fmaf(c[1], sg, acc[1]);
+        acc[2] = fmaf(c[2], sh, acc[2]);
+        acc[3] = fmaf(c[3], sh, acc[3]);
+    }
+}
+
+/// Park this warp's group sums in red ([W][RT][NC][32] floats, for gemv4t_finish) and zero them.
+template <int RT, int NC>
+__device__ __forceinline__ void t4_park(float (&acc)[RT][NC], float* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++)
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            red[((warp * RT + rt) * NC + c) * 32 + lane] = acc[rt][c];
+            acc[rt][c] = 0.f;
+        }
+}
+
 /// The end of a group of the tile GEMV (gemv4t_body): red holds each warp's fragment sums
 /// ([W][RT][NC][32] floats); thread (row, token) adds them in warp order. part -1: the whole group
 /// was this block's: add bias, apply the epilogue, store. part 0 / 1: the block computed the group's
@@ -598,27 +626,13 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
                 sg = __uint_as_float(st.s0[e]);
                 sh = __uint_as_float(st.s1[e]);
             }
-            if (MAXT == 1) {
-                acc[rt][0] = fmaf(c[e][0], sg, acc[rt][0]);
-                acc[rt][1] = fmaf(c[e][2], sh, acc[rt][1]);
-            } else {
-                acc[rt][0] = fmaf(c[e][0], sg, acc[rt][0]);
-                acc[rt][1] = fmaf(c[e][1], sg, acc[rt][1]);
-                acc[rt][2] = fmaf(c[e][2], sh, acc[rt][2]);
-                acc[rt][3] = fmaf(c[e][3], sh, acc[rt][3]);
-            }
+            t4_scale_acc<MAXT>(acc[rt], c[e], sg, sh);
         }
     };
 
     // The group's per-warp sums go to shared memory; gemv4t_finish adds them.
     auto reduce = [&](int grp, int part) {
-#pragma unroll
-        for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-            for (int c = 0; c < NC; c++) {
-                red[((warp * RT + rt) * NC + c) * 32 + lane] = acc[rt][c];
-                acc[rt][c] = 0.f;
-            }
+        t4_park(acc, red);
         if (SPLIT) gemv4t_finish_call<W, RT, NC, MAXT>(red, grp, part, N, T, bias, epi, out);
         else gemv4t_finish<W, RT, NC, MAXT>(red, grp, part, N, T, bias, epi, out);
     };
