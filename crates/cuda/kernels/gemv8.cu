@@ -191,47 +191,62 @@ __device__ __forceinline__ void finish_group_dual(float (&acc)[R][1], float (&ac
     }
 }
 
-/// xs (D bf16, shared memory) = LayerNorm of the row x (D % 8 == 0) with weight w and bias b:
-/// layernorm2_vec_bf16's arithmetic (two-pass f32 statistics, each thread summing its 16-byte words
-/// in the same order, the same block sums), so the normalised row is the same for the same block
-/// size. Every thread of the block must call it; it ends with a barrier.
+/// Word i of the normalised row: xs[8i..8i+8) = (x - mean) * rstd * w + b, rounded to bf16.
+__device__ __forceinline__ void ln_store_word(uint4 xv, int i, float mean, float rstd, const bf16* __restrict__ w,
+                                              const bf16* __restrict__ b, bf16* xs) {
+    float v[8], wf[8], bf[8];
+    unpack8_bf16(xv, v);
+    unpack8_bf16(reinterpret_cast<const uint4*>(w)[i], wf);
+    unpack8_bf16(reinterpret_cast<const uint4*>(b)[i], bf);
+    __nv_bfloat162 h[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        h[e].x = f2bf((v[2 * e] - mean) * rstd * wf[2 * e] + bf[2 * e]);
+        h[e].y = f2bf((v[2 * e + 1] - mean) * rstd * wf[2 * e + 1] + bf[2 * e + 1]);
+    }
+    reinterpret_cast<uint4*>(xs)[i] = *reinterpret_cast<uint4*>(h);
+}
+
+/// xs (D bf16, shared memory) = LayerNorm of the row x (D % 8 == 0, x 16-byte aligned) with weight w
+/// and bias b, f32 statistics. x comes in with cp.async (all of a thread's words in flight at once, on
+/// a counter apart from the weight loads already in flight, so the norm never waits for those; each
+/// thread reads back only its own words, so no barrier comes before the sums), then ONE block
+/// reduction of the sums of d = x - x[0] and d^2: mean = x[0] + S1 / D, var = S2 / D - (S1 / D)^2 (the
+/// shift keeps the difference well conditioned). The standalone layernorm2_vec_bf16 takes two passes
+/// (mean, then squared deviations), so the two can differ in the last bit of a normalised value.
+/// Every thread of the block must call it; it ends with a barrier.
 __device__ __forceinline__ void layer_norm_to_smem(const bf16* __restrict__ x, int D, const bf16* __restrict__ w,
                                                    const bf16* __restrict__ b, float eps, bf16* xs) {
-    __shared__ float scratch[32];
+    __shared__ float partial[2][32];
     const int words = D / 8;
     const uint4* xr = reinterpret_cast<const uint4*>(x);
-    float s = 0.f;
+    const u32 xs_base = (u32)__cvta_generic_to_shared(xs);
+    for (int i = threadIdx.x; i < words; i += blockDim.x)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(xs_base + 16u * (u32)i), "l"(xr + i) : "memory");
+    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;" ::: "memory");
+    const uint4* xsw = reinterpret_cast<const uint4*>(xs);
+    const float shift = bf2f(__ldg(x));
+    float s1 = 0.f, s2 = 0.f;
     for (int i = threadIdx.x; i < words; i += blockDim.x) {
         float v[8];
-        unpack8_bf16(xr[i], v);
-#pragma unroll
-        for (int e = 0; e < 8; e++) s += v[e];
-    }
-    const float mean = block_sum(s, scratch) / (float)D;
-    float q = 0.f;
-    for (int i = threadIdx.x; i < words; i += blockDim.x) {
-        float v[8];
-        unpack8_bf16(xr[i], v);
+        unpack8_bf16(xsw[i], v);
 #pragma unroll
         for (int e = 0; e < 8; e++) {
-            const float d = v[e] - mean;
-            q += d * d;
+            const float d = v[e] - shift;
+            s1 += d;
+            s2 = fmaf(d, d, s2);
         }
     }
-    const float rstd = 1.0f / sqrtf(block_sum(q, scratch) / (float)D + eps);
-    for (int i = threadIdx.x; i < words; i += blockDim.x) {
-        float v[8], wf[8], bf[8];
-        unpack8_bf16(xr[i], v);
-        unpack8_bf16(reinterpret_cast<const uint4*>(w)[i], wf);
-        unpack8_bf16(reinterpret_cast<const uint4*>(b)[i], bf);
-        __nv_bfloat162 h[4];
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            h[e].x = f2bf((v[2 * e] - mean) * rstd * wf[2 * e] + bf[2 * e]);
-            h[e].y = f2bf((v[2 * e + 1] - mean) * rstd * wf[2 * e + 1] + bf[2 * e + 1]);
-        }
-        reinterpret_cast<uint4*>(xs)[i] = *reinterpret_cast<uint4*>(h);
-    }
+    s1 = warp_sum(s1);
+    s2 = warp_sum(s2);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
+    if (lane == 0) partial[0][warp] = s1, partial[1][warp] = s2;
+    __syncthreads();
+    float t1 = 0.f, t2 = 0.f;
+    for (int j = 0; j < nwarps; j++) t1 += partial[0][j], t2 += partial[1][j];  // the same order in every thread
+    const float m1 = t1 / (float)D, mean = shift + m1;
+    const float rstd = 1.0f / sqrtf(fmaxf(t2 / (float)D - m1 * m1, 0.f) + eps);
+    for (int i = threadIdx.x; i < words; i += blockDim.x) ln_store_word(xsw[i], i, mean, rstd, w, b, xs);
     __syncthreads();
 }
 
