@@ -759,3 +759,124 @@ LAB_BULK_KERNEL(lab_v8_w8r2u2d6, 8, 2, 2, 6, false, 1)
 LAB_BULK_KERNEL(lab_v8_w8r2u2d4_l64, 8, 2, 2, 4, true, 1)
 // v9: the production body with the split schedule (every resident block an equal share of the steps).
 GEMV4T_KERNEL_SPLIT(lab_v9_w8r2u2_split, 8, 2, 2, 1, true, true, true, false, 2)
+// v10: gemv4t_body with KO (one k-block at a time: x loaded per k-block, only RT fragments live), so
+// one row tile a group fits 80 (3 blocks/SM) or 64 (4/SM) registers: more warps, more bytes in flight.
+#define LAB_KO_KERNEL(NAME, W, RT, U, L64, BPS, SPLIT)                                                     \
+    extern "C" __global__ void __launch_bounds__(W * 32, BPS) NAME(T4_ARGS) {                              \
+        gemv4t_body<W, RT, U, 1, true, true, true, L64, 2, SPLIT, true>(T4_PASS);                          \
+    }
+LAB_KO_KERNEL(lab_v10_w8r1u4, 8, 1, 4, false, 2, false)
+LAB_KO_KERNEL(lab_v10_w8r1u4_b3, 8, 1, 4, false, 3, false)
+LAB_KO_KERNEL(lab_v10_w8r1u4_b3_split, 8, 1, 4, false, 3, true)
+LAB_KO_KERNEL(lab_v10_w8r1u4_b3_l64, 8, 1, 4, true, 3, false)
+LAB_KO_KERNEL(lab_v10_w4r1u4_b6, 4, 1, 4, false, 6, false)
+LAB_KO_KERNEL(lab_v10_w4r1u4_b6_split, 4, 1, 4, false, 6, true)
+LAB_KO_KERNEL(lab_v10_w8r1u8, 8, 1, 8, false, 2, false)
+LAB_KO_KERNEL(lab_v10_w8r1u8_split, 8, 1, 8, false, 2, true)
+LAB_KO_KERNEL(lab_v10_w8r1u2_b4, 8, 1, 2, false, 4, false)
+LAB_KO_KERNEL(lab_v10_w8r1u2_b4_split, 8, 1, 2, false, 4, true)
+LAB_KO_KERNEL(lab_v10_w8r2u2_ko, 8, 2, 2, false, 2, false)
+
+// ---- v11: LLM.int8 weight-only at T = 1 on tensor cores, from a tile layout (a measurement of the
+// idea, not wired into the engine). Tiles of 16 rows x 32 k (512 B): lane l = 4g + t holds 16 bytes,
+// words 0..3 = (row g, k-step 0), (row g + 8, k-step 0), (row g, k-step 1), (row g + 8, k-step 1),
+// each word the bytes of k = 16s + 2t, 2t + 1, 2t + 8, 2t + 9 (the mma A fragment order). Tile (r, j)
+// at (r * K/32 + j) * 512. A word becomes two exact bf16 pairs (128 + (b & 0x7F)) + (-128 or -256):
+// 2 LOP3, 4 PRMT, 2 HADD2 for 4 weights; 2 mma.sync a tile. Row scales (scb / 127) multiply each
+// warp's sums before the block reduction (gemv4t_finish). Block = W warps over groups of RT row
+// tiles (strided), warps split K, U k-blocks a step, register double buffering as gemv4t_body.
+#define INV127_LAB 7.874015718698502e-3f  // bitsandbytes' 1/127
+
+__device__ __forceinline__ void i8t_bf16x2(u32 w, u32& lo, u32& hi) {
+    const u32 m = w & 0x7F7F7F7Fu, s = w & 0x80808080u;
+    const u32 m01 = __byte_perm(m, 0x43434343u, 0x5140), m23 = __byte_perm(m, 0x43434343u, 0x5342);
+    const u32 s01 = __byte_perm(s, 0xC3C3C3C3u, 0x5140), s23 = __byte_perm(s, 0xC3C3C3C3u, 0x5342);
+    __nv_bfloat162 a = __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&m01), *reinterpret_cast<const __nv_bfloat162*>(&s01));
+    __nv_bfloat162 b = __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&m23), *reinterpret_cast<const __nv_bfloat162*>(&s23));
+    lo = *reinterpret_cast<u32*>(&a);
+    hi = *reinterpret_cast<u32*>(&b);
+}
+
+template <int W, int RT, int U>
+__device__ __forceinline__ void i8t_body(const bf16* __restrict__ x, const uint4* __restrict__ tiles, const float* __restrict__ scb,
+                                         int N, int K, bf16* __restrict__ out) {
+    constexpr int NT = U * RT, JSTEP = W * U;
+    __shared__ float red[W * RT * 2 * 32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int KB = K >> 5, tiles_n = N >> 4, groups = (tiles_n + RT - 1) / RT;
+    const int S = (KB + JSTEP - 1) / JSTEP;
+    const int my_groups = (int)blockIdx.x < groups ? (groups - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    const int total = my_groups * S;
+    const u32 opaque_zero = (u32)K >> 30;  // 0 for K < 2^30, opaque to the compiler
+    int lg = blockIdx.x, ls = 0;  // load cursor
+    auto load = [&](uint4 (&a)[NT], u32 dep) {
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) {
+                const int j = warp + JSTEP * ls + W * u, r = lg * RT + rt;
+                a[u * RT + rt] = (lg < groups && j < KB && r < tiles_n) ? t4_ld_weights(tiles + ((i64)r * KB + j) * 32 + lane + dep)
+                                                                         : make_uint4(0, 0, 0, 0);
+            }
+        if (++ls == S) ls = 0, lg += gridDim.x;
+    };
+    float acc[RT][2];
+#pragma unroll
+    for (int rt = 0; rt < RT; rt++) acc[rt][0] = acc[rt][1] = 0.f;
+    int cg = blockIdx.x, cs = 0;  // compute cursor
+    uint4 cur[NT], nxt[NT];
+    load(cur, 0);
+    PDL_ENTER();
+    for (int it = 0; it < total; it++) {
+        u32 mix = 0;
+#pragma unroll
+        for (int e = 0; e < NT; e++) mix ^= cur[e].x;
+        load(nxt, mix * opaque_zero);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = warp + JSTEP * cs + W * u;
+            u32 xb[4] = {0u, 0u, 0u, 0u};
+            if (g == 0 && j < KB) {
+                const u32* xp = reinterpret_cast<const u32*>(x + 32 * j + 2 * t);
+                xb[0] = __ldg(xp); xb[1] = __ldg(xp + 4); xb[2] = __ldg(xp + 8); xb[3] = __ldg(xp + 12);
+            }
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) {
+                const uint4 q = cur[u * RT + rt];
+                float c[4] = {0.f, 0.f, 0.f, 0.f};
+                u32 a0, a2, a1, a3;
+                i8t_bf16x2(q.x, a0, a2);
+                i8t_bf16x2(q.y, a1, a3);
+                t4_mma(c, a0, a1, a2, a3, xb[0], xb[1]);
+                i8t_bf16x2(q.z, a0, a2);
+                i8t_bf16x2(q.w, a1, a3);
+                t4_mma(c, a0, a1, a2, a3, xb[2], xb[3]);
+                acc[rt][0] += c[0];
+                acc[rt][1] += c[2];
+            }
+        }
+        if (++cs == S) {  // group done: scale rows, reduce over warps, store
+#pragma unroll
+            for (int rt = 0; rt < RT; rt++) {
+                const int n = (cg * RT + rt) * 16 + g;
+                acc[rt][0] *= n < N ? __ldg(scb + n) * INV127_LAB : 0.f;
+                acc[rt][1] *= n + 8 < N ? __ldg(scb + n + 8) * INV127_LAB : 0.f;
+            }
+            t4_park<RT, 2>(acc, red);
+            gemv4t_finish<W, RT, 2, 1>(red, cg, -1, N, 1, nullptr, 0, out);
+            cs = 0;
+            cg += gridDim.x;
+        }
+#pragma unroll
+        for (int e = 0; e < NT; e++) cur[e] = nxt[e];
+    }
+}
+#define LAB_I8T_KERNEL(NAME, W, RT, U, BPS)                                                                 \
+    extern "C" __global__ void __launch_bounds__(W * 32, BPS)                                               \
+        NAME(const bf16* x, const uint4* tiles, const float* scb, int N, int K, bf16* out) {               \
+        i8t_body<W, RT, U>(x, tiles, scb, N, K, out);                                                       \
+    }
+LAB_I8T_KERNEL(lab_v11_i8t_w8r2u2, 8, 2, 2, 2)
+LAB_I8T_KERNEL(lab_v11_i8t_w8r2u4, 8, 2, 4, 2)
+LAB_I8T_KERNEL(lab_v11_i8t_w8r4u2, 8, 4, 2, 2)
+LAB_I8T_KERNEL(lab_v11_i8t_w8r2u2_b3, 8, 2, 2, 3)

@@ -13,6 +13,8 @@
 //!   v7       v5 with 3 to 5 register stages (gemv4t_body's P)
 //!   v8       a block-wide bulk-copy (TMA) ring with mbarriers (lab_gemv4.cu)
 //!   v9       v5 with the split schedule (gemv4t_body's SPLIT: every resident block an equal share)
+//!   v10      gemv4t_body with KO (a k-block at a time, x loaded with it): 1 row tile a group at 64-80
+//!            registers, 3-6 blocks/SM (more warps, more bytes in flight), strided or split
 //!   prod     the production path, linear::matmul (also T = 2, 4, 8, FP4, plain scales, blocksize 128)
 //! Each is checked against the oracle (output poisoned with NaN first; relative error printed,
 //! tolerance TOL) and timed with CUDA events: median over TRIALS of one pass over COPIES copies
@@ -184,6 +186,17 @@ const CONFIGS: &[TileCfg] = &[
     cfg("lab_v8_w8r2u2d6", "v8 bulk ring w8 r2 u2, 6 stages, 1/SM", Body::Bulk { depth: 6 }, 8, 2, 2, false),
     cfg("lab_v8_w8r2u2d4_l64", "v8 bulk ring, 4 stages, 64K table", Body::Bulk { depth: 4 }, 8, 2, 2, true),
     cfg("lab_v9_w8r2u2_split", "v9 v5 with the split schedule", Body::Split, 8, 2, 2, false),
+    cfg("lab_v10_w8r2u2_ko", "v10 KO w8 r2 u2 (v5's bytes)", Body::V5, 8, 2, 2, false),
+    cfg("lab_v10_w8r1u4", "v10 KO w8 r1 u4 2/SM", Body::V5, 8, 1, 4, false),
+    cfg("lab_v10_w8r1u4_b3", "v10 KO w8 r1 u4 3/SM", Body::V5, 8, 1, 4, false),
+    cfg("lab_v10_w8r1u4_b3_split", "v10 KO w8 r1 u4 3/SM split", Body::Split, 8, 1, 4, false),
+    cfg("lab_v10_w8r1u4_b3_l64", "v10 KO w8 r1 u4 3/SM 64K table", Body::V5, 8, 1, 4, true),
+    cfg("lab_v10_w4r1u4_b6", "v10 KO w4 r1 u4 6/SM", Body::V5, 4, 1, 4, false),
+    cfg("lab_v10_w4r1u4_b6_split", "v10 KO w4 r1 u4 6/SM split", Body::Split, 4, 1, 4, false),
+    cfg("lab_v10_w8r1u8", "v10 KO w8 r1 u8 2/SM", Body::V5, 8, 1, 8, false),
+    cfg("lab_v10_w8r1u8_split", "v10 KO w8 r1 u8 2/SM split", Body::Split, 8, 1, 8, false),
+    cfg("lab_v10_w8r1u2_b4", "v10 KO w8 r1 u2 4/SM", Body::V5, 8, 1, 2, false),
+    cfg("lab_v10_w8r1u2_b4_split", "v10 KO w8 r1 u2 4/SM split", Body::Split, 8, 1, 2, false),
 ];
 
 /// The lab's second argument (after an optional `quick`): only the versions whose kernel name
@@ -352,6 +365,11 @@ impl ShapeRun<'_> {
 
     /// Check one launch on copy 0, then time the rotation.
     fn measure(&self, version: &str, t: usize, bytes: usize, note: String, launch: &mut dyn FnMut(usize) -> Res<()>) -> Res<Row> {
+        self.measure_copies(version, t, bytes, note, self.copies(), launch)
+    }
+
+    /// measure() over `copies` launches a pass (for weights this run does not hold in `tiles`).
+    fn measure_copies(&self, version: &str, t: usize, bytes: usize, note: String, copies: usize, launch: &mut dyn FnMut(usize) -> Res<()>) -> Res<Row> {
         self.poison()?;
         launch(0)?;
         self.dev.synchronize()?;
@@ -360,7 +378,7 @@ impl ShapeRun<'_> {
             // Correctness only (edge shapes).
             return Ok(Row { version: version.into(), shape: self.name.clone(), t, us: f64::NAN, spread: 0.0, bytes, rel, note });
         }
-        let (us, spread) = time_us(self.dev, self.copies(), self.trials, launch)?;
+        let (us, spread) = time_us(self.dev, copies, self.trials, launch)?;
         let status = if rel.is_nan() || rel > TOL { " FAIL" } else { "" };
         println!("  {version:<44} T={t} {us:>8.2} us  {:>6.0} GB/s  rel {rel:.2e}{status}  {note}", bytes as f64 / us / 1e3);
         Ok(Row { version: version.into(), shape: self.name.clone(), t, us, spread, bytes, rel, note })
@@ -510,6 +528,94 @@ fn edge_checks(dev: &Device, lab: &LabModule, rows: &mut Vec<Row>) -> Res<()> {
     Ok(())
 }
 
+/// v11 (a measurement, not an engine path): LLM.int8 weight-only at T = 1 on tensor cores from
+/// 16 x 32 tiles (lab_gemv4.cu i8t_body), against the engine's int8 GEMV (linear::matmul) on the
+/// same shape and the streaming read, in the same run.
+const I8T_CONFIGS: &[(&str, usize, usize, usize)] = &[
+    // (kernel, warps, row tiles, blocks per SM the registers allow)
+    ("lab_v11_i8t_w8r2u2", 8, 2, 2),
+    ("lab_v11_i8t_w8r2u4", 8, 2, 2),
+    ("lab_v11_i8t_w8r4u2", 8, 4, 2),
+    ("lab_v11_i8t_w8r2u2_b3", 8, 2, 3),
+];
+
+/// cb (N, K) row-major -> the v11 tile layout (see lab_gemv4.cu).
+fn i8_tiles(cb: &[i8], n: usize, k: usize) -> Vec<u8> {
+    let kb = k / 32;
+    let mut out = vec![0u8; n * k];
+    for r in 0..n / 16 {
+        for j in 0..kb {
+            let base = (r * kb + j) * 512;
+            for lane in 0..32 {
+                let (g, t) = (lane / 4, lane % 4);
+                for word in 0..4 {
+                    let row = 16 * r + g + 8 * (word & 1);
+                    let k0 = 32 * j + 16 * (word >> 1) + 2 * t;
+                    for (b, dk) in [0, 1, 8, 9].iter().enumerate() {
+                        out[base + lane * 16 + word * 4 + b] = cb[row * k + k0 + dk] as u8;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn int8_tile_shape(dev: &Device, lab: &LabModule, name: &str, n: usize, k: usize, trials: usize, rows: &mut Vec<Row>) -> Res<()> {
+    println!("== {name} ({n} x {k}) int8 weight-only, T = 1");
+    let weight_only = SyntheticOptions { int8_threshold: None, ..SyntheticOptions::default() };  // the decode's int8 path
+    let w0 = synthetic::random_linear(dev, QuantKind::Int8, n, k, 0.02, 3000 + n as u64 + k as u64, weight_only)?;
+    let host = linear::to_host(dev, &w0)?;
+    let LinearWeight::Int8(h) = &host else { return Err("not int8".into()) };
+    let bytes = n * k + 4 * n;
+    let copies = WORKING_SET.div_ceil(bytes).max(2);
+    let (x, want) = oracle(&host, k, 11 + n as u64 ^ k as u64)?;
+    let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
+    let tiles = i8_tiles(&h.cb, n, k);
+    let mut tile_copies = Vec::with_capacity(copies);
+    let mut engine = vec![w0];
+    for c in 0..copies {
+        tile_copies.push(dev.upload(&tiles)?);
+        if c > 0 {
+            engine.push(synthetic::random_linear(dev, QuantKind::Int8, n, k, 0.02, 3000 + n as u64 + k as u64, weight_only)?);
+        }
+    }
+    let scb = dev.upload(&h.scb)?;
+    let run = ShapeRun { dev, lab, name: name.into(), n, k, tiles: Vec::new(), x: dev.upload(&xb)?, out: dev.alloc_zeros::<bf16>(8 * n)?, want, trials };
+    let mut launch = |c: usize| -> Res<()> {
+        // SAFETY: x holds 8*K and out 8*N bf16 values; engine[c] is an (n, k) int8 linear.
+        unsafe { linear::matmul(dev, run.x.ptr(), 1, &engine[c % engine.len()], None, Epilogue::Store, run.out.ptr())? };
+        Ok(())
+    };
+    rows.push(run.measure_copies("engine int8 weight-only GEMV (linear::matmul)", 1, bytes, String::new(), copies, &mut launch)?);
+    for &(kernel, warps, row_tiles, bps) in I8T_CONFIGS.iter().filter(|c| wanted(c.0)) {
+        let threads = (warps * 32) as u32;
+        let occ = lab.occupancy(kernel, threads, 0)? as usize;
+        let groups = (n / 16).div_ceil(row_tiles);
+        let grid = linear::four_bit::strided_blocks(groups, occ.min(bps) * dev.sm_count as usize);
+        let mut launch = |c: usize| -> Res<()> {
+            let p = P::default().ptr(run.x.ptr()).ptr(tile_copies[c].ptr()).ptr(scb.ptr()).i32(n as i32).i32(k as i32).ptr(run.out.ptr());
+            // SAFETY: the i8t_body signature; tile_copies[c] holds the (n, k) tiles, scb n floats.
+            unsafe { lab.launch(dev, kernel, grid, threads, 0, p) }
+        };
+        let note = format!("{occ}/SM, grid {grid}, {:.2} groups/block", groups as f64 / grid as f64);
+        rows.push(run.measure_copies(&format!("v11 {kernel}"), 1, bytes, note, copies, &mut launch)?);
+    }
+    let sink = dev.alloc_zeros::<u32>(1)?;
+    for kernel in ["lab_stream_read", "lab_stream_read4"] {
+        let grid = dev.sm_count * 16;
+        let mut launch = |c: usize| -> Res<()> {
+            let p = P::default().ptr(tile_copies[c].ptr()).i64((n * k / 16) as i64).ptr(sink.ptr());
+            // SAFETY: reads n*k/16 uint4 of a buffer of n*k bytes.
+            unsafe { lab.launch(dev, kernel, grid, 256, 0, p) }
+        };
+        let (us, spread) = time_us(dev, copies, trials, &mut launch)?;
+        println!("  {kernel:<44}     {us:>8.2} us  {:>6.0} GB/s", (n * k) as f64 / us / 1e3);
+        rows.push(Row { version: format!("{kernel} (same bytes, rotated)"), shape: name.into(), t: 0, us, spread, bytes: n * k, rel: 0.0, note: String::new() });
+    }
+    Ok(())
+}
+
 fn main() -> Res<()> {
     let quick = std::env::args().any(|a| a == "quick");
     let trials = if quick { 9 } else { 25 };
@@ -541,6 +647,11 @@ fn main() -> Res<()> {
     let dq = SyntheticOptions::default();
     for (name, n, k) in [("qkv", 9216, 8192), ("dense", 8192, 8192), ("h->4h", 32768, 8192), ("4h->h", 8192, 32768)] {
         run_shape(&dev, &lab, name, n, k, QuantKind::Nf4, dq, true, trials, &mut rows)?;
+    }
+    if name_filter().is_some_and(|f| f.contains("v11")) {
+        for (name, n, k) in [("qkv", 9216, 8192), ("dense", 8192, 8192), ("h->4h", 32768, 8192), ("4h->h", 8192, 32768)] {
+            int8_tile_shape(&dev, &lab, name, n, k, trials, &mut rows)?;
+        }
     }
     // Other formats through the production path (T = 1): FP4, plain f32 scales, blocksize 128.
     run_shape(&dev, &lab, "qkv fp4", 9216, 8192, QuantKind::Fp4, dq, false, trials, &mut rows)?;

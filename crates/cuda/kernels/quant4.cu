@@ -427,7 +427,7 @@ struct T4Stage {
 /// quantization; TS tiled scales (blocksize 64); NH nested index hoisted (see the header); L64 the
 /// 64 KB PRMT table (else 32 KB). Register double buffering: the next step's loads are issued after
 /// the current step's data and x have arrived and before they are decoded.
-template <int W, int RT, int U, int MAXT, bool DQ, bool TS, bool NH, bool L64, int P = 2, bool SPLIT = false>
+template <int W, int RT, int U, int MAXT, bool DQ, bool TS, bool NH, bool L64, int P = 2, bool SPLIT = false, bool KO = false>
 __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const uint4* __restrict__ tiles,
                                             const float* __restrict__ absmax, const u8* __restrict__ absmax_q,
                                             const float* __restrict__ absmax_code, const float* __restrict__ nested,
@@ -580,54 +580,77 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
     // to the previous block.
     int cs_first = cs;
 
-    // x of the current step: token g's 16 values at k 64j+16t.. (B fragments), zero past K or T.
-    auto load_x = [&](u32 (&xw)[U][8]) {
-        const int j0 = warp + JSTEP * cs;
+    // x of the current step's k-block u: token g's 16 values at k 64j+16t.. (B fragments), zero past K or T.
+    auto load_x_u = [&](int u, u32 (&xu)[8]) {
+        const int j = warp + JSTEP * cs + W * u;
+        if (g < T && j < KB) {
+            const uint4* p = reinterpret_cast<const uint4*>(xp + 64 * W * u);
+            const uint4 v0 = __ldg(p), v1 = __ldg(p + 1);
+            xu[0] = v0.x; xu[1] = v0.y; xu[2] = v0.z; xu[3] = v0.w;
+            xu[4] = v1.x; xu[5] = v1.y; xu[6] = v1.z; xu[7] = v1.w;
+        } else {
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            if (g < T && j0 + W * u < KB) {
-                const uint4* p = reinterpret_cast<const uint4*>(xp + 64 * W * u);
-                const uint4 v0 = __ldg(p), v1 = __ldg(p + 1);
-                xw[u][0] = v0.x; xw[u][1] = v0.y; xw[u][2] = v0.z; xw[u][3] = v0.w;
-                xw[u][4] = v1.x; xw[u][5] = v1.y; xw[u][6] = v1.z; xw[u][7] = v1.w;
-            } else {
-#pragma unroll
-                for (int i = 0; i < 8; i++) xw[u][i] = 0u;
-            }
+            for (int i = 0; i < 8; i++) xu[i] = 0u;
         }
     };
+    auto load_x = [&](u32 (&xw)[U][8]) {
+#pragma unroll
+        for (int u = 0; u < U; u++) load_x_u(u, xw[u]);
+    };
 
-    // Decode and multiply one step: all tiles' lookups and mma chains interleaved (no branches), then
-    // the scales. Tiles past N or K were zero-filled, so they add 0.
+    // acc[rt] += tile e's fragment sums c times its rows' scales.
+    auto scale_tile = [&](const T4Stage<NT, RT>& st, int e, const float (&c)[4]) {
+        const int rt = e % RT;
+        float sg, sh;
+        if (DQ) {
+            const float ng = (TS && NH) ? st.nv[rt][0] : st.n0[e], nh = (TS && NH) ? st.nv[rt][1] : st.n1[e];
+            const float cg2 = TS ? t4_code2_at<L64>(sbase, st.s0[e], qb, lane4) : t4_code2_at<L64>(sbase, st.s0[e], 0, lane4);
+            const float ch2 = TS ? t4_code2_at<L64>(sbase, st.s0[e], qb + 1, lane4) : t4_code2_at<L64>(sbase, st.s1[e], 0, lane4);
+            sg = __fadd_rn(__fmul_rn(cg2, ng), offset);
+            sh = __fadd_rn(__fmul_rn(ch2, nh), offset);
+        } else {
+            sg = __uint_as_float(st.s0[e]);
+            sh = __uint_as_float(st.s1[e]);
+        }
+        t4_scale_acc<MAXT>(acc[rt], c, sg, sh);
+    };
+    // The four mma of tile e (its word s feeds k-step s) into c.
+    auto mma_tile = [&](const T4Stage<NT, RT>& st, int e, int s, const u32 (&xu)[8], float (&c)[4]) {
+        const u32 w = s == 0 ? st.a[e].x : s == 1 ? st.a[e].y : s == 2 ? st.a[e].z : st.a[e].w;
+        t4_mma(c, t4_pair<L64, 0>(sbase, w, lane4), t4_pair<L64, 1>(sbase, w, lane4), t4_pair<L64, 2>(sbase, w, lane4),
+               t4_pair<L64, 3>(sbase, w, lane4), xu[2 * s], xu[2 * s + 1]);
+    };
+
+    // Decode and multiply one step, then the scales. Tiles past N or K were zero-filled, so they add 0.
+    // KO false: all tiles' lookups and mma chains interleaved; KO true: one k-block at a time (its RT
+    // tiles interleaved), so only RT fragments are live (fewer registers for larger steps).
     auto compute = [&](const T4Stage<NT, RT>& st, const u32 (&xw)[U][8]) {
+        if (KO) {  // x loaded here, one k-block at a time (xw unused)
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                u32 xu[8];
+                load_x_u(u, xu);
+                float c[RT][4];
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++) c[rt][0] = c[rt][1] = c[rt][2] = c[rt][3] = 0.f;
+#pragma unroll
+                for (int s = 0; s < 4; s++)
+#pragma unroll
+                    for (int rt = 0; rt < RT; rt++) mma_tile(st, u * RT + rt, s, xu, c[rt]);
+#pragma unroll
+                for (int rt = 0; rt < RT; rt++) scale_tile(st, u * RT + rt, c[rt]);
+            }
+            return;
+        }
         float c[NT][4];
 #pragma unroll
         for (int e = 0; e < NT; e++) c[e][0] = c[e][1] = c[e][2] = c[e][3] = 0.f;
 #pragma unroll
         for (int s = 0; s < 4; s++)
 #pragma unroll
-            for (int e = 0; e < NT; e++) {
-                const u32 w = s == 0 ? st.a[e].x : s == 1 ? st.a[e].y : s == 2 ? st.a[e].z : st.a[e].w;
-                const int u = e / RT;
-                t4_mma(c[e], t4_pair<L64, 0>(sbase, w, lane4), t4_pair<L64, 1>(sbase, w, lane4), t4_pair<L64, 2>(sbase, w, lane4),
-                       t4_pair<L64, 3>(sbase, w, lane4), xw[u][2 * s], xw[u][2 * s + 1]);
-            }
+            for (int e = 0; e < NT; e++) mma_tile(st, e, s, xw[e / RT], c[e]);
 #pragma unroll
-        for (int e = 0; e < NT; e++) {
-            const int rt = e % RT;
-            float sg, sh;
-            if (DQ) {
-                const float ng = (TS && NH) ? st.nv[rt][0] : st.n0[e], nh = (TS && NH) ? st.nv[rt][1] : st.n1[e];
-                const float cg2 = TS ? t4_code2_at<L64>(sbase, st.s0[e], qb, lane4) : t4_code2_at<L64>(sbase, st.s0[e], 0, lane4);
-                const float ch2 = TS ? t4_code2_at<L64>(sbase, st.s0[e], qb + 1, lane4) : t4_code2_at<L64>(sbase, st.s1[e], 0, lane4);
-                sg = __fadd_rn(__fmul_rn(cg2, ng), offset);
-                sh = __fadd_rn(__fmul_rn(ch2, nh), offset);
-            } else {
-                sg = __uint_as_float(st.s0[e]);
-                sh = __uint_as_float(st.s1[e]);
-            }
-            t4_scale_acc<MAXT>(acc[rt], c[e], sg, sh);
-        }
+        for (int e = 0; e < NT; e++) scale_tile(st, e, c[e]);
     };
 
     // The group's per-warp sums go to shared memory; gemv4t_finish adds them.
@@ -669,7 +692,7 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
     // ahead; last: the most recently loaded stage (its hoisted nested absmax carries over).
     auto run = [&](T4Stage<NT, RT>& cur, T4Stage<NT, RT>& nxt, const T4Stage<NT, RT>& last) {
         u32 xw[U][8];
-        load_x(xw);
+        if (!KO) load_x(xw);
         // Unconditional (past the last step it loads nothing: zeros), so the wait it implies is on
         // every path and the decode below finds the current data and x retired.
         // One word of every load of the current step (ptxas may spread them over scoreboards).
@@ -681,7 +704,8 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
             if (!TS || (DQ && !NH)) mix ^= __float_as_uint(cur.n0[e]) ^ __float_as_uint(cur.n1[e]);
         }
 #pragma unroll
-        for (int u = 0; u < U; u++) mix ^= xw[u][0] ^ xw[u][4];
+        for (int u = 0; u < U; u++)
+            if (!KO) mix ^= xw[u][0] ^ xw[u][4];
         if (DQ && TS && NH)
 #pragma unroll
             for (int rt = 0; rt < RT; rt++) mix ^= __float_as_uint(cur.nv[rt][0]) ^ __float_as_uint(cur.nv[rt][1]);
