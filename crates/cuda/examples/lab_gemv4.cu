@@ -281,15 +281,7 @@ __device__ __forceinline__ void lab_old_body(const bf16* __restrict__ x, const u
             const int j = j0 + W * u;
             if (j >= KB) break;  // warp-uniform
             u32 xw[8];
-            if (g < T) {
-                const uint4* p = reinterpret_cast<const uint4*>(xp + 64 * W * u);
-                const uint4 v0 = __ldg(p), v1 = __ldg(p + 1);
-                xw[0] = v0.x; xw[1] = v0.y; xw[2] = v0.z; xw[3] = v0.w;
-                xw[4] = v1.x; xw[5] = v1.y; xw[6] = v1.z; xw[7] = v1.w;
-            } else {
-#pragma unroll
-                for (int i = 0; i < 8; i++) xw[i] = 0u;
-            }
+            t4_ld_x(xp + 64 * W * u, g < T, xw);
 #pragma unroll
             for (int rt = 0; rt < RT; rt++) {
                 const int r = cg * RT + rt, e = u * RT + rt;
@@ -654,15 +646,7 @@ __device__ __forceinline__ void lab_bulk_body(const bf16* __restrict__ x, const 
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int j = JSTEP * s + W * u + warp;
-            if (it < total && g < T && j < KB) {
-                const uint4* p = reinterpret_cast<const uint4*>(x + (i64)g * K + 64 * j + 16 * t);
-                const uint4 v0 = __ldg(p), v1 = __ldg(p + 1);
-                xw[u][0] = v0.x; xw[u][1] = v0.y; xw[u][2] = v0.z; xw[u][3] = v0.w;
-                xw[u][4] = v1.x; xw[u][5] = v1.y; xw[u][6] = v1.z; xw[u][7] = v1.w;
-            } else {
-#pragma unroll
-                for (int i = 0; i < 8; i++) xw[u][i] = 0u;
-            }
+            t4_ld_x(x + (i64)g * K + 64 * j + 16 * t, it < total && g < T && j < KB, xw[u]);
         }
     };
     // The nested absmax of this lane's rows (g, g + 8 of each row tile) at step `it`.
@@ -781,21 +765,11 @@ LAB_KO_KERNEL(lab_v10_w8r2u2_ko, 8, 2, 2, false, 2, false)
 // idea, not wired into the engine). Tiles of 16 rows x 32 k (512 B): lane l = 4g + t holds 16 bytes,
 // words 0..3 = (row g, k-step 0), (row g + 8, k-step 0), (row g, k-step 1), (row g + 8, k-step 1),
 // each word the bytes of k = 16s + 2t, 2t + 1, 2t + 8, 2t + 9 (the mma A fragment order). Tile (r, j)
-// at (r * K/32 + j) * 512. A word becomes two exact bf16 pairs (128 + (b & 0x7F)) + (-128 or -256):
-// 2 LOP3, 4 PRMT, 2 HADD2 for 4 weights; 2 mma.sync a tile. Row scales (scb / 127) multiply each
+// at (r * K/32 + j) * 512. A word becomes two exact bf16 pairs (prelude.cuh int8x4_to_bf16x2: 2 LOP3,
+// 4 PRMT, 2 HADD2 for 4 weights); 2 mma.sync a tile. Row scales (scb / 127) multiply each
 // warp's sums before the block reduction (gemv4t_finish). Block = W warps over groups of RT row
 // tiles (strided), warps split K, U k-blocks a step, register double buffering as gemv4t_body.
 #define INV127_LAB 7.874015718698502e-3f  // bitsandbytes' 1/127
-
-__device__ __forceinline__ void i8t_bf16x2(u32 w, u32& lo, u32& hi) {
-    const u32 m = w & 0x7F7F7F7Fu, s = w & 0x80808080u;
-    const u32 m01 = __byte_perm(m, 0x43434343u, 0x5140), m23 = __byte_perm(m, 0x43434343u, 0x5342);
-    const u32 s01 = __byte_perm(s, 0xC3C3C3C3u, 0x5140), s23 = __byte_perm(s, 0xC3C3C3C3u, 0x5342);
-    __nv_bfloat162 a = __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&m01), *reinterpret_cast<const __nv_bfloat162*>(&s01));
-    __nv_bfloat162 b = __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&m23), *reinterpret_cast<const __nv_bfloat162*>(&s23));
-    lo = *reinterpret_cast<u32*>(&a);
-    hi = *reinterpret_cast<u32*>(&b);
-}
 
 template <int W, int RT, int U>
 __device__ __forceinline__ void i8t_body(const bf16* __restrict__ x, const uint4* __restrict__ tiles, const float* __restrict__ scb,
@@ -845,11 +819,11 @@ __device__ __forceinline__ void i8t_body(const bf16* __restrict__ x, const uint4
                 const uint4 q = cur[u * RT + rt];
                 float c[4] = {0.f, 0.f, 0.f, 0.f};
                 u32 a0, a2, a1, a3;
-                i8t_bf16x2(q.x, a0, a2);
-                i8t_bf16x2(q.y, a1, a3);
+                int8x4_to_bf16x2(q.x, a0, a2);
+                int8x4_to_bf16x2(q.y, a1, a3);
                 t4_mma(c, a0, a1, a2, a3, xb[0], xb[1]);
-                i8t_bf16x2(q.z, a0, a2);
-                i8t_bf16x2(q.w, a1, a3);
+                int8x4_to_bf16x2(q.z, a0, a2);
+                int8x4_to_bf16x2(q.w, a1, a3);
                 t4_mma(c, a0, a1, a2, a3, xb[2], xb[3]);
                 acc[rt][0] += c[0];
                 acc[rt][1] += c[2];

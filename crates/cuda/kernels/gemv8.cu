@@ -352,19 +352,6 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], u32 a0, u32 a1, u3
 
 __device__ __forceinline__ u32 word_at(const uint4& q, int i) { return i == 0 ? q.x : i == 1 ? q.y : i == 2 ? q.z : q.w; }
 
-/// Four int8 (one u32) as two exact bf16 pairs (lo: bytes 0, 1; hi: bytes 2, 3): with m = b & 0x7F
-/// and s = b & 0x80, b = bf16(0x4300 | m) (= 128 + m) + bf16(0xC300 | s) (= -128 or -256), one
-/// bf16x2 add whose exact result is representable.
-__device__ __forceinline__ void int8x4_to_bf16x2(u32 w, u32& lo, u32& hi) {
-    const u32 m = w & 0x7F7F7F7Fu, s = w & 0x80808080u;
-    const u32 m01 = __byte_perm(m, 0x43434343u, 0x5140), m23 = __byte_perm(m, 0x43434343u, 0x5342);
-    const u32 s01 = __byte_perm(s, 0xC3C3C3C3u, 0x5140), s23 = __byte_perm(s, 0xC3C3C3C3u, 0x5342);
-    __nv_bfloat162 a = __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&m01), *reinterpret_cast<const __nv_bfloat162*>(&s01));
-    __nv_bfloat162 b = __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&m23), *reinterpret_cast<const __nv_bfloat162*>(&s23));
-    lo = *reinterpret_cast<u32*>(&a);
-    hi = *reinterpret_cast<u32*>(&b);
-}
-
 /// The MMAs of one k-block for a lane: its words of rows g (qg) and g + 8 (qh), and x row g (xw).
 template <class W>
 __device__ __forceinline__ void mma_words(float (&d)[4], const uint4& qg, const uint4& qh, const uint4 (&xw)[W::PER_WORD / 8]);

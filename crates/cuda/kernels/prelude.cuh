@@ -141,3 +141,16 @@ __device__ __forceinline__ float normal_at(u64 seed, u64 idx) {
     const float u2 = (float)(h & 0xFFFFFFull) * 5.9604644775390625e-8f; // [0, 1)
     return sqrtf(-2.0f * logf(u1)) * cospif(2.0f * u2);
 }
+
+/// Four int8 (one u32) as two exact bf16 pairs (lo: bytes 0, 1; hi: bytes 2, 3): with m = b & 0x7F
+/// and s = b & 0x80, b = bf16(0x4300 | m) (= 128 + m) + bf16(0xC300 | s) (= -128 or -256), one
+/// bf16x2 add whose exact result is representable.
+__device__ __forceinline__ void int8x4_to_bf16x2(u32 w, u32& lo, u32& hi) {
+    const u32 m = w & 0x7F7F7F7Fu, s = w & 0x80808080u;
+    const u32 m01 = __byte_perm(m, 0x43434343u, 0x5140), m23 = __byte_perm(m, 0x43434343u, 0x5342);
+    const u32 s01 = __byte_perm(s, 0xC3C3C3C3u, 0x5140), s23 = __byte_perm(s, 0xC3C3C3C3u, 0x5342);
+    __nv_bfloat162 a = __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&m01), *reinterpret_cast<const __nv_bfloat162*>(&s01));
+    __nv_bfloat162 b = __hadd2(*reinterpret_cast<const __nv_bfloat162*>(&m23), *reinterpret_cast<const __nv_bfloat162*>(&s23));
+    lo = *reinterpret_cast<u32*>(&a);
+    hi = *reinterpret_cast<u32*>(&b);
+}

@@ -308,6 +308,19 @@ __device__ __forceinline__ float t4_code2_at(u32 sbase, u32 q, u32 b, u32 lane4)
     return __uint_as_float(t4_lds(sbase + 32768u + ((q >> (8 * b)) & 0xFFu) * 4u));
 }
 
+/// The 16 bf16 x values at p (a lane's B fragments for a 64-k block, 16-byte aligned) as 8 words, or
+/// zeros when !ok (token or k-block out of range).
+__device__ __forceinline__ void t4_ld_x(const bf16* p, bool ok, u32 (&xw)[8]) {
+    if (ok) {
+        const uint4 v0 = __ldg(reinterpret_cast<const uint4*>(p)), v1 = __ldg(reinterpret_cast<const uint4*>(p) + 1);
+        xw[0] = v0.x; xw[1] = v0.y; xw[2] = v0.z; xw[3] = v0.w;
+        xw[4] = v1.x; xw[5] = v1.y; xw[6] = v1.z; xw[7] = v1.w;
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; i++) xw[i] = 0u;
+    }
+}
+
 __device__ __forceinline__ void t4_mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -425,8 +438,10 @@ struct T4Stage {
 
 /// The tile GEMV. W warps, RT row tiles a group, U k-blocks a warp step, MAXT tokens; DQ double
 /// quantization; TS tiled scales (blocksize 64); NH nested index hoisted (see the header); L64 the
-/// 64 KB PRMT table (else 32 KB). Register double buffering: the next step's loads are issued after
-/// the current step's data and x have arrived and before they are decoded.
+/// 64 KB PRMT table (else 32 KB); P register stages (lab v7); SPLIT the split schedule; KO one k-block
+/// at a time, x loaded with it (lab v10: fewer registers, measured slower). Register double
+/// buffering: the next step's loads are issued after the current step's data and x have arrived and
+/// before they are decoded.
 template <int W, int RT, int U, int MAXT, bool DQ, bool TS, bool NH, bool L64, int P = 2, bool SPLIT = false, bool KO = false>
 __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const uint4* __restrict__ tiles,
                                             const float* __restrict__ absmax, const u8* __restrict__ absmax_q,
@@ -581,18 +596,7 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
     int cs_first = cs;
 
     // x of the current step's k-block u: token g's 16 values at k 64j+16t.. (B fragments), zero past K or T.
-    auto load_x_u = [&](int u, u32 (&xu)[8]) {
-        const int j = warp + JSTEP * cs + W * u;
-        if (g < T && j < KB) {
-            const uint4* p = reinterpret_cast<const uint4*>(xp + 64 * W * u);
-            const uint4 v0 = __ldg(p), v1 = __ldg(p + 1);
-            xu[0] = v0.x; xu[1] = v0.y; xu[2] = v0.z; xu[3] = v0.w;
-            xu[4] = v1.x; xu[5] = v1.y; xu[6] = v1.z; xu[7] = v1.w;
-        } else {
-#pragma unroll
-            for (int i = 0; i < 8; i++) xu[i] = 0u;
-        }
-    };
+    auto load_x_u = [&](int u, u32 (&xu)[8]) { t4_ld_x(xp + 64 * W * u, g < T && warp + JSTEP * cs + W * u < KB, xu); };
     auto load_x = [&](u32 (&xw)[U][8]) {
 #pragma unroll
         for (int u = 0; u < U; u++) load_x_u(u, xw[u]);
@@ -622,35 +626,29 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
     };
 
     // Decode and multiply one step, then the scales. Tiles past N or K were zero-filled, so they add 0.
-    // KO false: all tiles' lookups and mma chains interleaved; KO true: one k-block at a time (its RT
-    // tiles interleaved), so only RT fragments are live (fewer registers for larger steps).
+    // KO false: one pass, all tiles' lookups and mma chains interleaved; KO true: a pass a k-block
+    // (its RT tiles interleaved, x loaded with it), so only RT fragments are live (fewer registers
+    // for larger steps).
     auto compute = [&](const T4Stage<NT, RT>& st, const u32 (&xw)[U][8]) {
-        if (KO) {  // x loaded here, one k-block at a time (xw unused)
+        constexpr int PASSES = KO ? U : 1, NE = NT / PASSES;
+        u32 xl[U][8];  // KO: x of the pass's k-block (xw unused)
 #pragma unroll
-            for (int u = 0; u < U; u++) {
-                u32 xu[8];
-                load_x_u(u, xu);
-                float c[RT][4];
+        for (int q = 0; q < PASSES; q++) {
+            if (KO) load_x_u(q, xl[q]);
+            float c[NE][4];
 #pragma unroll
-                for (int rt = 0; rt < RT; rt++) c[rt][0] = c[rt][1] = c[rt][2] = c[rt][3] = 0.f;
+            for (int i = 0; i < NE; i++) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0.f;
 #pragma unroll
-                for (int s = 0; s < 4; s++)
+            for (int s = 0; s < 4; s++)
 #pragma unroll
-                    for (int rt = 0; rt < RT; rt++) mma_tile(st, u * RT + rt, s, xu, c[rt]);
+                for (int i = 0; i < NE; i++) {
+                    const int e = q * NE + i;
+                    if constexpr (KO) mma_tile(st, e, s, xl[e / RT], c[i]);
+                    else mma_tile(st, e, s, xw[e / RT], c[i]);
+                }
 #pragma unroll
-                for (int rt = 0; rt < RT; rt++) scale_tile(st, u * RT + rt, c[rt]);
-            }
-            return;
+            for (int i = 0; i < NE; i++) scale_tile(st, q * NE + i, c[i]);
         }
-        float c[NT][4];
-#pragma unroll
-        for (int e = 0; e < NT; e++) c[e][0] = c[e][1] = c[e][2] = c[e][3] = 0.f;
-#pragma unroll
-        for (int s = 0; s < 4; s++)
-#pragma unroll
-            for (int e = 0; e < NT; e++) mma_tile(st, e, s, xw[e / RT], c[e]);
-#pragma unroll
-        for (int e = 0; e < NT; e++) scale_tile(st, e, c[e]);
     };
 
     // The group's per-warp sums go to shared memory; gemv4t_finish adds them.
@@ -703,9 +701,9 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
             if (!TS) mix ^= cur.s1[e];
             if (!TS || (DQ && !NH)) mix ^= __float_as_uint(cur.n0[e]) ^ __float_as_uint(cur.n1[e]);
         }
+        if (!KO)
 #pragma unroll
-        for (int u = 0; u < U; u++)
-            if (!KO) mix ^= xw[u][0] ^ xw[u][4];
+            for (int u = 0; u < U; u++) mix ^= xw[u][0] ^ xw[u][4];
         if (DQ && TS && NH)
 #pragma unroll
             for (int rt = 0; rt < RT; rt++) mix ^= __float_as_uint(cur.nv[rt][0]) ^ __float_as_uint(cur.nv[rt][1]);
