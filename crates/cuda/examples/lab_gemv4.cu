@@ -287,11 +287,8 @@ __device__ __forceinline__ void lab_old_body(const bf16* __restrict__ x, const u
                 const int r = cg * RT + rt, e = u * RT + rt;
                 if (r >= tiles_n) break;  // warp-uniform
                 float c[4] = {0.f, 0.f, 0.f, 0.f};
-                const u32 wv[4] = {st.a[e].x, st.a[e].y, st.a[e].z, st.a[e].w};
 #pragma unroll
-                for (int s = 0; s < 4; s++)
-                    t4_mma(c, t4_pair<L64, 0>(sbase, wv[s], lane4), t4_pair<L64, 1>(sbase, wv[s], lane4),
-                           t4_pair<L64, 2>(sbase, wv[s], lane4), t4_pair<L64, 3>(sbase, wv[s], lane4), xw[2 * s], xw[2 * s + 1]);
+                for (int s = 0; s < 4; s++) t4_mma_step<L64>(c, st.a[e], s, xw, sbase, lane4);
                 float sg, sh;
                 if (DQ) {
                     float ng = nest[rt][0], nh = nest[rt][1];
@@ -470,11 +467,7 @@ __device__ __forceinline__ void lab_ring_body(const bf16* __restrict__ x, const 
 #pragma unroll
         for (int s = 0; s < 4; s++)
 #pragma unroll
-            for (int e = 0; e < NT; e++) {
-                const u32 w = s == 0 ? a[e].x : s == 1 ? a[e].y : s == 2 ? a[e].z : a[e].w;
-                t4_mma(c[e], t4_pair<L64, 0>(sbase, w, lane4), t4_pair<L64, 1>(sbase, w, lane4), t4_pair<L64, 2>(sbase, w, lane4),
-                       t4_pair<L64, 3>(sbase, w, lane4), xw[e / RT][2 * s], xw[e / RT][2 * s + 1]);
-            }
+            for (int e = 0; e < NT; e++) t4_mma_step<L64>(c[e], a[e], s, xw[e / RT], sbase, lane4);
 #pragma unroll
         for (int e = 0; e < NT; e++) {
             const int rt = e % RT;
@@ -486,13 +479,7 @@ __device__ __forceinline__ void lab_ring_body(const bf16* __restrict__ x, const 
         }
         __syncwarp();
         if (++cs == S) {  // block-uniform
-#pragma unroll
-            for (int rt = 0; rt < RT; rt++)
-#pragma unroll
-                for (int c2 = 0; c2 < NC; c2++) {
-                    red[((warp * RT + rt) * NC + c2) * 32 + lane] = acc[rt][c2];
-                    acc[rt][c2] = 0.f;
-                }
+            t4_park(acc, red);
             __syncthreads();
             for (int o = threadIdx.x; o < RT * 16; o += blockDim.x) {
                 const int rt = o >> 4, m = o & 15;
@@ -705,12 +692,7 @@ __device__ __forceinline__ void lab_bulk_body(const bf16* __restrict__ x, const 
 #pragma unroll
         for (int q = 0; q < 4; q++)
 #pragma unroll
-            for (int e = 0; e < NT; e++) {
-                const u32 w = q == 0 ? a[e].x : q == 1 ? a[e].y : q == 2 ? a[e].z : a[e].w;
-                const int u = e / RT;
-                t4_mma(c[e], t4_pair<L64, 0>(sbase, w, lane4), t4_pair<L64, 1>(sbase, w, lane4), t4_pair<L64, 2>(sbase, w, lane4),
-                       t4_pair<L64, 3>(sbase, w, lane4), xw[u][2 * q], xw[u][2 * q + 1]);
-            }
+            for (int e = 0; e < NT; e++) t4_mma_step<L64>(c[e], a[e], q, xw[e / RT], sbase, lane4);
 #pragma unroll
         for (int e = 0; e < NT; e++) {
             const int rt = e % RT;

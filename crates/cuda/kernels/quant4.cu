@@ -327,6 +327,15 @@ __device__ __forceinline__ void t4_mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3,
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+/// K-step s of a tile into c: the lane's word s of `a` as four code pairs (this lane's copy of the
+/// table) against x's B fragments xu[2s], xu[2s + 1].
+template <bool L64>
+__device__ __forceinline__ void t4_mma_step(float (&c)[4], const uint4& a, int s, const u32 (&xu)[8], u32 sbase, u32 lane4) {
+    const u32 w = s == 0 ? a.x : s == 1 ? a.y : s == 2 ? a.z : a.w;
+    t4_mma(c, t4_pair<L64, 0>(sbase, w, lane4), t4_pair<L64, 1>(sbase, w, lane4), t4_pair<L64, 2>(sbase, w, lane4),
+           t4_pair<L64, 3>(sbase, w, lane4), xu[2 * s], xu[2 * s + 1]);
+}
+
 /// acc (one row tile's sums: rows g, g + 8 x this lane's tokens) += a tile's mma fragment c times the
 /// scales of its rows (sg: row g, sh: row g + 8). At MAXT 1 only token 0's two values are kept.
 template <int MAXT, int NC>
@@ -618,11 +627,9 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
         }
         t4_scale_acc<MAXT>(acc[rt], c, sg, sh);
     };
-    // The four mma of tile e (its word s feeds k-step s) into c.
+    // K-step s of tile e into c.
     auto mma_tile = [&](const T4Stage<NT, RT>& st, int e, int s, const u32 (&xu)[8], float (&c)[4]) {
-        const u32 w = s == 0 ? st.a[e].x : s == 1 ? st.a[e].y : s == 2 ? st.a[e].z : st.a[e].w;
-        t4_mma(c, t4_pair<L64, 0>(sbase, w, lane4), t4_pair<L64, 1>(sbase, w, lane4), t4_pair<L64, 2>(sbase, w, lane4),
-               t4_pair<L64, 3>(sbase, w, lane4), xu[2 * s], xu[2 * s + 1]);
+        t4_mma_step<L64>(c, st.a[e], s, xu, sbase, lane4);
     };
 
     // Decode and multiply one step, then the scales. Tiles past N or K were zero-filled, so they add 0.
