@@ -19,9 +19,9 @@
 //   a row), U words per row per step, the next step's words loaded before the current ones are
 //   used (register double buffering, also across row groups). x is read through L1 (8 bf16 per
 //   load, reused for the R rows); weights bypass L1 (each byte is read once). f32 accumulation;
-//   after each row group the warps' butterfly sums meet in shared memory (double-buffered, one
-//   barrier per group) and thread (r, t) adds them in warp order, applies bias and the epilogue
-//   (store_epilogue: one bf16 rounding). gemv_mma_body (below) keeps the same blocks and rows.
+//   after each row group the warps' butterfly sums are parked in shared memory, and every
+//   GEMV8_BATCH groups one barrier lets thread (group, r, t) add them in warp order, apply bias and
+//   the epilogue (store_epilogue: one bf16 rounding); two batches in turn. gemv_mma_body (below) keeps the same blocks and rows.
 // Key design choice (int8): a byte becomes an f32 without the int->float converter (quarter rate
 //   on Hopper, which capped the previous kernel near 2 TB/s): flip its sign bit (b + 128, one LOP
 //   per 4 bytes), place it under the exponent of 2^23 with one PRMT (the float 2^23 + b + 128) and
@@ -124,30 +124,33 @@ __device__ __forceinline__ void load_words(uint4 (&q)[U][R], const u8* row0, i64
         }
 }
 
-/// Sum the block's warps' acc (R rows x T) and store rows row0 + r < row_end; `buf` alternates
-/// between groups so one barrier per group suffices. Every thread of the block must call it.
-template <class W, int MAXT, int R, int WARPS>
-__device__ __forceinline__ void finish_group(float (&acc)[R][MAXT], float (&partial)[WARPS][R * MAXT], int row0,
-                                             int row_end, const float* __restrict__ scb, int N, int T,
-                                             const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
+/// Row groups whose warp sums wait in shared memory for one barrier (gemv_body): one barrier per
+/// GEMV8_BATCH groups instead of one per group.
+#ifndef GEMV8_BATCH
+#define GEMV8_BATCH 4
+#endif
+
+/// Park this warp's sums of a row group in its part of `slot` ([WARPS][NV] floats: acc's R x MAXT,
+/// or DUAL's R pairs of acc and acc2, whose W2 sums only scaled weights keep apart) and zero them.
+template <class W, int MAXT, int R, int WARPS, bool DUAL>
+__device__ __forceinline__ void park_group(float (&acc)[R][MAXT], float (&acc2)[R][1], float* slot) {
+    constexpr int NV = R * MAXT * (DUAL ? 2 : 1);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int t = 0; t < MAXT; t++) {
             const float v = warp_sum(acc[r][t]);
-            if (lane == 0) partial[warp][r * MAXT + t] = v;
+            if (lane == 0) slot[warp * NV + (DUAL ? 2 * r : r * MAXT + t)] = v;
             acc[r][t] = 0.f;
         }
-    __syncthreads();
-    const int i = threadIdx.x, r = i / MAXT, t = i % MAXT, n = row0 + r;
-    if (i < R * MAXT && t < T && n < row_end) {
-        float s = 0.f;
+    if (DUAL && W::SCALED)
 #pragma unroll
-        for (int j = 0; j < WARPS; j++) s += partial[j][i];
-        const float bv = bias != nullptr ? bf2f(bias[n]) : 0.f;
-        store_epilogue(out, (i64)t * N + n, W::finish(s, scb, n) + bv, epi);
-    }
+        for (int r = 0; r < R; r++) {
+            const float v = warp_sum(acc2[r][0]);
+            if (lane == 0) slot[warp * NV + 2 * r + 1] = v;
+            acc2[r][0] = 0.f;
+        }
 }
 
 /// The second product of a dual GEMV (gemv_body DUAL, T = 1): out[n] += x.W[n] + x2.W2[n] (+ both
@@ -161,33 +164,34 @@ struct Seg2 {
     const bf16* bias;
 };
 
-/// finish_group for DUAL (T = 1): acc holds the W sums, acc2 the W2 sums (scaled weights only;
-/// unscaled ones add both into acc); partial is [WARPS][2R].
-template <class W, int R, int WARPS>
-__device__ __forceinline__ void finish_group_dual(float (&acc)[R][1], float (&acc2)[R][1], float (&partial)[WARPS][2 * R],
-                                                  int row0, int row_end, const float* __restrict__ scb, const Seg2& s2,
-                                                  int N, const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        const float v = warp_sum(acc[r][0]), v2 = W::SCALED ? warp_sum(acc2[r][0]) : 0.f;
-        if (lane == 0) {
-            partial[warp][2 * r] = v;
-            partial[warp][2 * r + 1] = v2;
-        }
-        acc[r][0] = acc2[r][0] = 0.f;
-    }
+/// Finish the `nslots` row groups parked in `batch` (slot j: the group of rows row0 + R j ..): a
+/// barrier, then thread i takes output i: the warps' sums in warp order, the scale, the biases and
+/// the epilogue with one bf16 rounding (DUAL, T = 1: out[n] gets both products). Every thread of the
+/// block must call it.
+template <class W, int MAXT, int R, int WARPS, bool DUAL>
+__device__ __forceinline__ void flush_groups(const float* batch, int nslots, int row0, int row_end,
+                                             const float* __restrict__ scb, const Seg2& s2, int N, int T,
+                                             const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
+    constexpr int NV = R * MAXT * (DUAL ? 2 : 1), NO = R * MAXT;  // values a warp parks, outputs a group
     __syncthreads();
-    const int r = threadIdx.x, n = row0 + r;
-    if (r < R && n < row_end) {
+    for (int i = threadIdx.x; i < nslots * NO; i += WARPS * 32) {
+        const int j = i / NO, o = i % NO, r = o / MAXT, t = o % MAXT, n = row0 + j * R + r;
+        if (t >= T || n >= row_end) continue;
+        const float* p = batch + j * WARPS * NV;
         float s = 0.f, s2sum = 0.f;
 #pragma unroll
-        for (int j = 0; j < WARPS; j++) s += partial[j][2 * r], s2sum += partial[j][2 * r + 1];
+        for (int k = 0; k < WARPS; k++) {
+            if (!DUAL) s += p[k * NV + o];
+            else {
+                s += p[k * NV + 2 * r];
+                if (W::SCALED) s2sum += p[k * NV + 2 * r + 1];
+            }
+        }
         float v = W::finish(s, scb, n);
-        if (W::SCALED) v += W::finish(s2sum, s2.scb, n);
+        if (DUAL && W::SCALED) v += W::finish(s2sum, s2.scb, n);
         if (bias != nullptr) v += bf2f(bias[n]);
-        if (s2.bias != nullptr) v += bf2f(s2.bias[n]);
-        store_epilogue(out, n, v, epi);
+        if (DUAL && s2.bias != nullptr) v += bf2f(s2.bias[n]);
+        store_epilogue(out, (i64)t * N + n, v, epi);
     }
 }
 
@@ -263,7 +267,8 @@ __device__ __forceinline__ void gemv_body(const bf16* __restrict__ x, const u8* 
                                           const bf16* __restrict__ ln_b = nullptr, float eps = 0.f,
                                           Seg2 s2 = Seg2{nullptr, nullptr, nullptr, 0, nullptr}) {
     static_assert(!DUAL || MAXT == 1, "the dual GEMV is T = 1");
-    __shared__ float partial[2][WARPS][R * MAXT * (DUAL ? 2 : 1)];
+    constexpr int NV = R * MAXT * (DUAL ? 2 : 1);  // values a warp parks per row group
+    __shared__ float partial[2][GEMV8_BATCH][WARPS * NV];  // two batches of parked groups, in turn
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int words = K / W::PER_WORD, words2 = DUAL ? s2.K / W::PER_WORD : 0;
     const i64 row_bytes = (i64)words * 16, row_bytes2 = (i64)words2 * 16;
@@ -307,6 +312,10 @@ __device__ __forceinline__ void gemv_body(const bf16* __restrict__ x, const u8* 
         layer_norm_to_smem(x, K, ln_w, ln_b, eps, reinterpret_cast<bf16*>(gemv8_xs));
         xr = reinterpret_cast<const bf16*>(gemv8_xs);
     }
+    // Each step: the next step's words in flight while this one's are used; after a row group's last
+    // chunk its sums are parked, and every GEMV8_BATCH groups (and at the end) the parked groups are
+    // finished. (Two register buffers in turn instead of the copy into q measured 2% slower at int8
+    // decode, 2026-11-30.)
     for (int s = 0; s < steps; s++) {
         const int n_row = c + 1 < chunks ? g_row : g_row + R, n_c = c + 1 < chunks ? c + 1 : 0;
         uint4 next[U][R];
@@ -318,13 +327,12 @@ __device__ __forceinline__ void gemv_body(const bf16* __restrict__ x, const u8* 
         else
             dot_words<W, MAXT, R, U>(acc, q, s2.x, s2.K, 1, first + (c - chunks1) * U * stride, stride, words2);
         if (c + 1 == chunks) {
-            if (DUAL)
-                finish_group_dual<W, R, WARPS>(reinterpret_cast<float(&)[R][1]>(acc), acc2,
-                                               reinterpret_cast<float(&)[WARPS][2 * R]>(partial[(s / chunks) & 1]), g_row,
-                                               row_end, scb, s2, N, bias, epi, out);
-            else
-                finish_group<W, MAXT, R, WARPS>(acc, reinterpret_cast<float(&)[WARPS][R * MAXT]>(partial[(s / chunks) & 1]),
-                                                g_row, row_end, scb, N, T, bias, epi, out);
+            const int grp = s / chunks, slot = grp % GEMV8_BATCH;
+            float* batch = partial[(grp / GEMV8_BATCH) & 1][0];
+            park_group<W, MAXT, R, WARPS, DUAL>(acc, acc2, batch + slot * WARPS * NV);
+            if (slot + 1 == GEMV8_BATCH || s + 1 == steps)
+                flush_groups<W, MAXT, R, WARPS, DUAL>(batch, slot + 1, row_begin + (grp - slot) * R, row_end, scb, s2, N,
+                                                      T, bias, epi, out);
         }
 #pragma unroll
         for (int u = 0; u < U; u++)
