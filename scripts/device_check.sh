@@ -9,7 +9,7 @@
 #   ppl       `peregrine ppl` of the tiny model on the GPU (bf16 compute), one format per run
 #   hfppl     transformers (+ bitsandbytes) perplexity of the tiny model (scripts/hf_ppl_reference.py)
 #   bench     the transformers + bitsandbytes baseline ($BASELINE_KINDS), then `peregrine bench` with a
-#             warm 2,048-token prefill per format
+#             warm 2,048-token prefill per format (GPU clocks and power sampled to $OUT/bench-gpu-clocks.csv)
 # Everything is logged to $OUT/log.txt; the bench report comes back as $OUT/bench.tgz.
 set -uo pipefail
 SECTIONS=${SECTIONS:-tests generate ppl bench}
@@ -70,7 +70,13 @@ if has bench; then
     done
     BASE="--baseline $OUT/baseline.log"
   fi
+  # The GPU's clocks, power and temperature through the bench, every 500 ms (the H200 decodes at its
+  # 700 W power limit, so the SM clock, and with it the speed, depends on the board).
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_event_reasons.active \
+    --format=csv -lms 500 > "$OUT/bench-gpu-clocks.csv" 2>/dev/null &
+  SMI=$!
   LIMIT=280 step peregrine bench --device cuda --prefill-tokens 2048 --out "$OUT/bench" $BASE
+  kill $SMI 2>/dev/null
   tar -czf "$OUT/bench.tgz" -C "$OUT" bench && rm -rf "$OUT/bench"
 fi
 grep -E "^(===|---)|test result|rel err|SKIPPED|tok/s|decode_tokens_per_s|total_s|hf ppl|agree|perplexity" "$LOG" | tail -100
