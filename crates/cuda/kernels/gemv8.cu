@@ -112,9 +112,20 @@ __device__ __forceinline__ void dot_words(float (&acc)[R][MAXT], const uint4 (&q
 
 /// Load U words of each of the R rows from word w0 on (stride `step` words); zeros past the row
 /// or for rows at or past `rows_end` (r >= valid).
+#ifndef GEMV8_FASTLOAD
+#define GEMV8_FASTLOAD 1
+#endif
 template <int R, int U>
 __device__ __forceinline__ void load_words(uint4 (&q)[U][R], const u8* row0, i64 row_bytes, int valid, int w0,
                                            int step, int words) {
+    if (GEMV8_FASTLOAD && valid >= R && w0 + (U - 1) * step < words) {  // every word in range: no predicates
+        const u8* p = row0 + (i64)w0 * 16;
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++) q[u][r] = ld_weights(p + r * row_bytes + (i64)u * step * 16);
+        return;
+    }
 #pragma unroll
     for (int u = 0; u < U; u++)
 #pragma unroll
