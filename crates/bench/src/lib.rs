@@ -11,7 +11,9 @@
 //! A CLI calls, in order: `parse_quant_list`, `read_prompt_file` or `seed_prompts`,
 //! `BenchPlan::new`, `prepare_out_dir`, `run_matrix`, `BenchReport::new` (+ fields),
 //! `render_table`, `write_report`. `--prefill-tokens N` sets `BenchPlan::prefill_tokens`;
-//! each configuration then also gets a warm `PrefillResult` (module `prefill`).
+//! each configuration then also gets a warm `PrefillResult` (module `prefill`). A target that
+//! offers a `ClockProbe` also gets the device's SM clock and power over its measured runs
+//! (module `clocks`).
 //!
 //! The engine's side, sketched:
 //! ```ignore
@@ -33,6 +35,7 @@
 //! ```
 
 pub mod baseline;
+pub mod clocks;
 pub mod csv;
 pub mod device;
 pub mod outdir;
@@ -48,6 +51,7 @@ pub mod table;
 pub mod time;
 
 pub use baseline::{load_baseline, Baseline, BaselineConfig, BaselineRun};
+pub use clocks::{ClockProbe, ClockSample, ClockSampler, ClockSummary};
 pub use csv::render_csv;
 pub use device::spec_bandwidth_gbps;
 pub use outdir::{prepare_out_dir, OVERWRITE_FLAG};

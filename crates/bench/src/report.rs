@@ -147,9 +147,18 @@ pub(crate) mod tests {
             ppl: Some(QualityResult::from_tokens(&nll, Some(("bf16", &kl, &top1))).unwrap()),
             prefill: Some(sample_prefill(k)),
             error: None,
+            clocks: Some(sample_clocks(k)),
         };
         c.resummarize();
         c
+    }
+
+    /// Readings at the power limit, a lower clock for later configurations.
+    fn sample_clocks(k: usize) -> crate::clocks::ClockSummary {
+        let sm = 1980.0 - 60.0 * k as f64;
+        let v: Vec<_> =
+            (0..20).map(|i| crate::clocks::ClockSample { sm_mhz: sm - i as f64, power_w: 690.0 + (i % 3) as f64, power_capped: i % 4 != 0 }).collect();
+        crate::clocks::ClockSummary::of(&v, Some(700.0)).unwrap()
     }
 
     /// Three warm prefills of 2048 tokens on Falcon-40B, slower for later configurations.
@@ -285,19 +294,23 @@ pub(crate) mod tests {
         ] {
             assert!(t.contains(needle), "missing `{needle}` in\n{t}");
         }
-        // Two tables, each a block of `|` lines of one width: the matrix, then the prefill.
+        // Three tables, each a block of `|` lines of one width: the matrix, the prefill, the clocks.
         let tables: Vec<Vec<&str>> = t
             .split("\n\n")
             .map(|block| block.lines().filter(|l| l.starts_with('|')).collect::<Vec<_>>())
             .filter(|lines| !lines.is_empty())
             .collect();
-        assert_eq!(tables.iter().map(Vec::len).collect::<Vec<_>>(), [2 + 3 + 3, 2 + 3], "{t}");
+        assert_eq!(tables.iter().map(Vec::len).collect::<Vec<_>>(), [2 + 3 + 3, 2 + 3, 2 + 3], "{t}");
         for lines in &tables {
             assert!(lines.iter().all(|l| l.chars().count() == lines[0].chars().count()), "{t}");
         }
         // bf16: median 0.31 s of 171.11 TFLOP.
         let bf16: Vec<&str> = tables[1][2].split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
         assert_eq!(bf16, ["bf16", "2048", "0.310", "0.300", "0.320", "3", "6606", "552.0", "0.390"]);
+        // nf4 (the third configuration): SM 1860 - 0..19 MHz, 690-692 W, 15 of 20 readings capped.
+        let nf4: Vec<&str> = tables[2][4].split('|').map(str::trim).filter(|c| !c.is_empty()).collect();
+        assert_eq!(nf4, ["nf4", "1850", "1841", "1860", "691.0", "692.0", "700.0", "75%", "20"]);
+        assert!(t.contains("clocks: the device's SM clock"), "{t}");
     }
 
     /// A tiny CPU model: one run per prompt, no bandwidth, no baseline, one config failed.
@@ -320,6 +333,7 @@ pub(crate) mod tests {
             ppl: None,
             prefill: None,
             error: Some("load failed: nf4 needs a CUDA device".into()),
+            clocks: None,
         };
         report.configs = vec![ok, failed];
         report

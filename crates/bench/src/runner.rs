@@ -10,11 +10,13 @@
 //! With `prefill_tokens` set, each configuration's generation runs are followed by the warm
 //! prefill measurement of module `prefill`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use peregrine_core::{Error, QuantKind, Result};
 
+use crate::clocks::{ClockProbe, ClockSampler};
 use crate::prefill::{measure_prefill, prefill_runs, ModelShape};
 use crate::schema::{achieved_gbps, decode_tok_s, ConfigResult, GenerationLimit, RunRecord, Summary};
 
@@ -58,6 +60,11 @@ pub trait BenchTarget {
         let _ = (ids, body);
         Err(Error::msg("this bench target cannot measure prefill"))
     }
+    /// A reader of the device's clock and power, sampled over the measured runs; `None` (the
+    /// default) where the backend has none.
+    fn clock_probe(&self) -> Option<Arc<dyn ClockProbe>> {
+        None
+    }
 }
 
 impl<T: BenchTarget + ?Sized> BenchTarget for Box<T> {
@@ -82,6 +89,9 @@ impl<T: BenchTarget + ?Sized> BenchTarget for Box<T> {
         body: &mut PrefillBody<'_>,
     ) -> Result<()> {
         (**self).with_prefill(ids, body)
+    }
+    fn clock_probe(&self) -> Option<Arc<dyn ClockProbe>> {
+        (**self).clock_probe()
     }
 }
 
@@ -223,6 +233,7 @@ fn empty_result(spec: &ConfigSpec, weight_bytes: u64, load_s: Option<f64>) -> Co
         ppl: None,
         prefill: None,
         error: None,
+        clocks: None,
     }
 }
 
@@ -234,7 +245,12 @@ fn measure_with_bar<T: BenchTarget + ?Sized>(
     bar: &ProgressBar,
 ) -> ConfigResult {
     let mut result = empty_result(spec, target.weight_bytes(), load_s);
+    let probe = target.clock_probe();
+    let mut sampler: Option<ClockSampler> = None;
     for (prompt_index, run_index, warmup) in plan.schedule() {
+        if !warmup && sampler.is_none() {
+            sampler = probe.clone().map(ClockSampler::start);  // from the first measured run on
+        }
         let label = call_label(plan, prompt_index, run_index, warmup);
         bar.set_message(label.clone());
         match measure_once(target, plan, (prompt_index, run_index, warmup), &label, bar) {
@@ -247,6 +263,7 @@ fn measure_with_bar<T: BenchTarget + ?Sized>(
         bar.inc(1);
     }
     result.resummarize();
+    result.clocks = sampler.and_then(ClockSampler::finish);
     if let (Some(tokens), None) = (plan.prefill_tokens, &result.error) {
         bar.set_message(format!("prefill of {tokens} tokens"));
         match measure_prefill(target, tokens, prefill_runs(plan.runs)) {
@@ -361,11 +378,26 @@ mod tests {
         peak: u64,
         calls: usize,
         fail_at_call: Option<usize>,
+        probe: Option<Arc<CallProbe>>,
     }
 
     impl Fake {
         fn new(weights: u64) -> Fake {
-            Fake { weights, current: weights, peak: weights, calls: 0, fail_at_call: None }
+            Fake { weights, current: weights, peak: weights, calls: 0, fail_at_call: None, probe: None }
+        }
+    }
+
+    /// A clock probe whose "SM clock" is the number of generate calls begun so far.
+    #[derive(Default)]
+    struct CallProbe(std::sync::atomic::AtomicUsize);
+
+    impl ClockProbe for CallProbe {
+        fn sample(&self) -> Option<crate::clocks::ClockSample> {
+            let calls = self.0.load(std::sync::atomic::Ordering::SeqCst) as f64;
+            Some(crate::clocks::ClockSample { sm_mhz: calls, power_w: 700.0, power_capped: true })
+        }
+        fn power_limit_w(&self) -> Option<f64> {
+            Some(700.0)
         }
     }
 
@@ -386,6 +418,9 @@ mod tests {
             on_token: &mut dyn FnMut(u32),
         ) -> Result<Generation> {
             self.calls += 1;
+            if let Some(p) = &self.probe {
+                p.0.store(self.calls, std::sync::atomic::Ordering::SeqCst);
+            }
             if self.fail_at_call == Some(self.calls) {
                 return Err(Error::device("out of memory allocating 1 GB"));
             }
@@ -403,6 +438,9 @@ mod tests {
         }
         fn model_shape(&self) -> Option<ModelShape> {
             Some(crate::prefill::tests::FALCON_40B)
+        }
+        fn clock_probe(&self) -> Option<Arc<dyn ClockProbe>> {
+            self.probe.clone().map(|p| p as Arc<dyn ClockProbe>)
         }
         /// Sleeps PREFILL_PER_TOKEN per id, plus COLD_EXTRA on the first call (a cold start).
         fn with_prefill(
@@ -449,6 +487,21 @@ mod tests {
         assert!((r.achieved_gbps.unwrap() - tok_s).abs() < 1e-9); // 1 GB of weights
         assert_eq!(nf4.summary.runs, 4);
         assert!(nf4.load_s.is_some());
+        assert_eq!(nf4.clocks, None, "a target without a probe has no clock readings");
+    }
+
+    #[test]
+    fn clocks_are_read_over_the_measured_runs_only() {
+        let probe = Arc::new(CallProbe::default());
+        let results = run_matrix(&plan(), &parse_quant_list("int8").unwrap(), |_| {
+            Ok(Fake { probe: Some(probe.clone()), ..Fake::new(GB) })
+        })
+        .unwrap();
+        let c = results[0].clocks.as_ref().expect("a probe was offered");
+        // The first reading comes as the first measured run (call 2) begins: the warm-up (call 1) is done.
+        assert_eq!(c.sm_mhz_min, 1.0, "{c:?}");
+        assert!(c.sm_mhz_max <= 5.0 && c.samples >= 1, "{c:?}");
+        assert_eq!((c.power_w_median, c.power_limit_w, c.power_capped_share), (700.0, Some(700.0), 1.0));
     }
 
     #[test]

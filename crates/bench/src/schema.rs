@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use peregrine_core::{Error, QuantKind, Result};
 
 use crate::baseline::Baseline;
+use crate::clocks::ClockSummary;
 use crate::stats::{percentile, Stat};
 
 /// Tag stored in every results.json; how `prepare_out_dir` recognises our own reports.
@@ -282,6 +283,10 @@ pub struct ConfigResult {
     pub prefill: Option<PrefillResult>,
     /// Why this configuration stopped early (load failure, out of memory); its finished runs are kept.
     pub error: Option<String>,
+    /// The device's SM clock and power over the measured runs, where the backend can read them
+    /// (absent in reports written before it).
+    #[serde(default)]
+    pub clocks: Option<ClockSummary>,
 }
 
 impl ConfigResult {

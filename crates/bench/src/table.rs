@@ -89,8 +89,42 @@ pub fn render_table(report: &BenchReport) -> String {
     let mut out = header_lines(report);
     out.push_str(&markdown_table(&header, &right, &rows));
     out.push_str(&prefill_table(report));
+    out.push_str(&clocks_table(report));
     out.push_str(&footnotes(report));
     out
+}
+
+/// The device's clock and power over each configuration's measured runs; empty when no
+/// configuration has readings.
+pub fn clocks_table(report: &BenchReport) -> String {
+    let rows: Vec<Vec<String>> = report
+        .configs
+        .iter()
+        .filter_map(|c| c.clocks.as_ref().map(|k| (c, k)))
+        .map(|(c, k)| {
+            vec![
+                c.label.clone(),
+                num(k.sm_mhz_median),
+                num(k.sm_mhz_min),
+                num(k.sm_mhz_max),
+                num(k.power_w_median),
+                num(k.power_w_max),
+                k.power_limit_w.map(num).unwrap_or_else(|| "-".into()),
+                format!("{:.0}%", 100.0 * k.power_capped_share),
+                k.samples.to_string(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let header: Vec<String> =
+        ["config", "SM MHz", "min MHz", "max MHz", "power W", "max W", "limit W", "power-capped", "readings"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+    let right: Vec<bool> = (0..header.len()).map(|i| i > 0).collect();
+    format!("\n{}", markdown_table(&header, &right, &rows))
 }
 
 /// The warm prefill table: one row per configuration that has prefill figures; empty
@@ -226,6 +260,12 @@ fn footnotes(r: &BenchReport) -> String {
         out.push_str(
             "prefill: after a warm-up, timed forwards of synthetic ids from position 0 (last-row logits, device \
              synchronized); TFLOPS = (2 x block linear params x N + 2 N^2 H Hd L + 2 D V) / median s\n",
+        );
+    }
+    if r.configs.iter().any(|c| c.clocks.is_some()) {
+        out.push_str(
+            "clocks: the device's SM clock and board power every 100 ms over the measured runs (NVML; medians); \
+             power-capped = share of readings in which the power limit held the clocks down\n",
         );
     }
     if let Some(b) = &r.baseline {

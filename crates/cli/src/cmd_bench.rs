@@ -4,14 +4,18 @@
 //! it benchmarks synthetic Falcon-40B weights on a GPU that holds them, else the largest
 //! preset that fits, so it runs on a fresh machine with no download. With
 //! `--prefill-tokens N` each configuration also gets a warm prefill measurement (one
-//! warm-up, then at least 3 timed forwards of N synthetic ids, median and TFLOPS).
+//! warm-up, then at least 3 timed forwards of N synthetic ids, median and TFLOPS). On a CUDA
+//! GPU the SM clock and board power are read through NVML over each configuration's measured
+//! runs (the H200 decodes at its power limit, so the clock a board holds there matters).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
 use peregrine_bench::{
     check_prefill_tokens, prepare_out_dir, read_prompt_file, render_table, run_matrix, seed_prompts, write_report,
-    BenchPlan, BenchReport, BenchTarget, ConfigSpec, Generation, GenerationLimit, ModelShape, PrefillBody,
+    BenchPlan, BenchReport, BenchTarget, ClockProbe, ClockSample, ConfigSpec, Generation, GenerationLimit, ModelShape,
+    PrefillBody,
 };
 use peregrine_core::{Backend, Error, Result, SamplingParams};
 use peregrine_engine::{GenerateRequest, Session, SessionState, Tokenizer};
@@ -151,10 +155,19 @@ impl OnBackend for Job {
         let mut report = BenchReport::new(&model_spec, device, &self.plan);
         report.commit = Some(env!("PEREGRINE_GIT_COMMIT").to_string()).filter(|c| !c.is_empty());
         report.synthetic_weights = dummy;
+        let probe = clock_probe(&backend.name());
         report.configs = run_matrix(&self.plan, &self.specs, |spec| {
             let fmt = FormatSpec::from_args(spec.quant.as_str(), &a.format)?;
             let loaded = load_model(backend, &model_spec, &fmt, dummy)?;
-            Ok(EngineTarget { backend, model: loaded.model, tokenizer: tokenizer.as_ref(), synthetic: dummy, graphs: !a.no_graph, state: None })
+            Ok(EngineTarget {
+                backend,
+                model: loaded.model,
+                tokenizer: tokenizer.as_ref(),
+                synthetic: dummy,
+                graphs: !a.no_graph,
+                state: None,
+                probe: probe.clone(),
+            })
         })?;
         if let Some(file) = &a.ppl_file {
             add_quality(backend, a, &model_spec, &mut report, file, tokenizer.as_ref())?;
@@ -275,6 +288,30 @@ struct EngineTarget<'a, B: Backend> {
     /// that fits, so the step is recorded once per configuration (in the warm-up run), as a
     /// serving engine records its graphs at start-up, and every measured run replays it.
     state: Option<SessionState<B>>,
+    /// The device's clock and power readings (NVML on a CUDA GPU), shared by every configuration.
+    probe: Option<Arc<dyn ClockProbe>>,
+}
+
+/// NVML readings of the CUDA device as the benchmark's clock probe.
+struct NvmlProbe(peregrine_cuda::telemetry::Nvml);
+
+impl ClockProbe for NvmlProbe {
+    fn sample(&self) -> Option<ClockSample> {
+        let r = self.0.read()?;
+        Some(ClockSample { sm_mhz: r.sm_mhz as f64, power_w: r.power_w, power_capped: r.power_capped })
+    }
+    fn power_limit_w(&self) -> Option<f64> {
+        self.0.power_limit_w()
+    }
+}
+
+/// The clock probe of the backend called `name`: NVML for the CUDA backend (which runs on CUDA
+/// device 0), none for the CPU or where NVML cannot be loaded.
+fn clock_probe(name: &str) -> Option<Arc<dyn ClockProbe>> {
+    if !name.starts_with("cuda") {
+        return None;
+    }
+    peregrine_cuda::telemetry::Nvml::for_cuda_ordinal(0).map(|n| Arc::new(NvmlProbe(n)) as Arc<dyn ClockProbe>)
 }
 
 /// Prompt tokens the bench's session workspace holds at least (every seed prompt fits, so one
@@ -339,6 +376,10 @@ impl<B: Backend> BenchTarget for EngineTarget<'_, B> {
 
     fn model_shape(&self) -> Option<ModelShape> {
         Some(shape_of(&self.model.config))
+    }
+
+    fn clock_probe(&self) -> Option<Arc<dyn ClockProbe>> {
+        self.probe.clone()
     }
 
     /// One session sized for `ids` (cache and workspace of T positions), reused by every

@@ -6,7 +6,7 @@
 //! CUBIN cache; `device` owns the context, the created stream, cuBLAS and the launch helper;
 //! `alloc` counts every device byte; `linear` holds dense / LLM.int8 / NF4 / FP4 weights and
 //! their matmul paths; `synthetic` makes random weights on the device; `backend` implements
-//! `peregrine_core::Backend`.
+//! `peregrine_core::Backend`; `telemetry` reads the GPU's clock and power through NVML.
 //!
 //! Without a GPU everything still compiles; `driver_available()` says whether one can be used.
 
@@ -20,6 +20,7 @@ pub mod libs;
 pub mod linear;
 pub mod nvrtc;
 pub mod synthetic;
+pub mod telemetry;
 
 pub use alloc::{DeviceBuffer, MemTracker};
 pub use backend::{CudaBackend, CudaBuf, PrefillAttention};
