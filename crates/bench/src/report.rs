@@ -156,8 +156,12 @@ pub(crate) mod tests {
     /// Readings at the power limit, a lower clock for later configurations.
     fn sample_clocks(k: usize) -> crate::clocks::ClockSummary {
         let sm = 1980.0 - 60.0 * k as f64;
-        let v: Vec<_> =
-            (0..20).map(|i| crate::clocks::ClockSample { sm_mhz: sm - i as f64, power_w: 690.0 + (i % 3) as f64, power_capped: i % 4 != 0 }).collect();
+        let sample = |i: usize| crate::clocks::ClockSample {
+            sm_mhz: sm - i as f64,
+            power_w: 690.0 + (i % 3) as f64,
+            power_capped: i % 4 != 0,
+        };
+        let v: Vec<_> = (0..20).map(sample).collect();
         crate::clocks::ClockSummary::of(&v, Some(700.0)).unwrap()
     }
 

@@ -115,16 +115,19 @@ pub fn clocks_table(report: &BenchReport) -> String {
             ]
         })
         .collect();
+    let columns = ["config", "SM MHz", "min MHz", "max MHz", "power W", "max W", "limit W", "power-capped", "readings"];
+    side_table(&columns, &rows)
+}
+
+/// A table after the main one (a blank line, then `columns` over `rows`, numbers right-aligned
+/// after the first column), or nothing when there are no rows.
+fn side_table(columns: &[&str], rows: &[Vec<String>]) -> String {
     if rows.is_empty() {
         return String::new();
     }
-    let header: Vec<String> =
-        ["config", "SM MHz", "min MHz", "max MHz", "power W", "max W", "limit W", "power-capped", "readings"]
-            .into_iter()
-            .map(String::from)
-            .collect();
+    let header: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
     let right: Vec<bool> = (0..header.len()).map(|i| i > 0).collect();
-    format!("\n{}", markdown_table(&header, &right, &rows))
+    format!("\n{}", markdown_table(&header, &right, rows))
 }
 
 /// The warm prefill table: one row per configuration that has prefill figures; empty
@@ -149,16 +152,8 @@ pub fn prefill_table(report: &BenchReport) -> String {
             ]
         })
         .collect();
-    if rows.is_empty() {
-        return String::new();
-    }
-    let header: Vec<String> =
-        ["config", "prefill tokens", "median s", "min s", "max s", "runs", "tok/s", "TFLOPS", "warm-up s"]
-            .into_iter()
-            .map(String::from)
-            .collect();
-    let right: Vec<bool> = (0..header.len()).map(|i| i > 0).collect();
-    format!("\n{}", markdown_table(&header, &right, &rows))
+    let columns = ["config", "prefill tokens", "median s", "min s", "max s", "runs", "tok/s", "TFLOPS", "warm-up s"];
+    side_table(&columns, &rows)
 }
 
 fn header(cols: &Columns) -> (Vec<String>, Vec<bool>) {

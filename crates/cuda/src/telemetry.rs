@@ -90,7 +90,10 @@ impl Nvml {
         let (mut mhz, mut mw, mut reasons): (c_uint, c_uint, c_ulonglong) = (0, 0, 0);
         // SAFETY: valid handle and out-pointers to locals.
         unsafe {
-            if (self.clock)(self.device, NVML_CLOCK_SM, &mut mhz) != NVML_SUCCESS || (self.power)(self.device, &mut mw) != NVML_SUCCESS {
+            if (self.clock)(self.device, NVML_CLOCK_SM, &mut mhz) != NVML_SUCCESS {
+                return None;
+            }
+            if (self.power)(self.device, &mut mw) != NVML_SUCCESS {
                 return None;
             }
             if (self.reasons)(self.device, &mut reasons) != NVML_SUCCESS {
