@@ -1,38 +1,23 @@
 //! clocks.rs: the device's SM clock and board power while a configuration's measured runs go.
 //! A GPU that decodes at its power limit holds whatever SM clock that limit allows, and boards
 //! differ in it, so a tok/s figure is only comparable with its clock beside it (BENCHMARKS.md,
-//! 2026-11-30: the same kernels decoded int8 4% apart on boards holding 1710 and 1830 MHz).
+//! 2026-11-30: the same kernels decoded int8 3.5% apart on boards holding 1710 and 1800-1815 MHz).
 //!
-//! A backend that can read its device offers a `ClockProbe` (`BenchTarget::clock_probe`); the
-//! runner then samples it every `SAMPLE_PERIOD` on a thread from the first measured run to the
-//! last (warm-ups and the prefill measurement excluded) and keeps a `ClockSummary`.
+//! A target whose backend can read its device offers a `ClockProbe` (peregrine_core;
+//! `BenchTarget::clock_probe`); the runner then samples it every `SAMPLE_PERIOD` on a thread from
+//! the first measured run to the last (warm-ups and the prefill measurement excluded) and keeps a
+//! `ClockSummary`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+pub use peregrine_core::{ClockProbe, ClockSample};
 use serde::{Deserialize, Serialize};
 
 /// How often the sampler reads the probe.
 pub const SAMPLE_PERIOD: Duration = Duration::from_millis(100);
-
-/// One reading of the device.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct ClockSample {
-    pub sm_mhz: f64,
-    pub power_w: f64,
-    /// The clocks are held down by the power limit at this instant.
-    pub power_capped: bool,
-}
-
-/// Something that can read the device's clock and power now (NVML for a CUDA GPU).
-pub trait ClockProbe: Send + Sync {
-    /// A reading now, or None when the device refuses one.
-    fn sample(&self) -> Option<ClockSample>;
-    /// The board's enforced power limit, watts.
-    fn power_limit_w(&self) -> Option<f64>;
-}
 
 /// The readings over a configuration's measured runs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use clap::Args;
 use peregrine_bench::{
     check_prefill_tokens, prepare_out_dir, read_prompt_file, render_table, run_matrix, seed_prompts, write_report,
-    BenchPlan, BenchReport, BenchTarget, ClockProbe, ClockSample, ConfigSpec, Generation, GenerationLimit, ModelShape,
-    PrefillBody,
+    BenchPlan, BenchReport, BenchTarget, ClockProbe, ConfigSpec, Generation, GenerationLimit, ModelShape, PrefillBody,
 };
 use peregrine_core::{Backend, Error, Result, SamplingParams};
 use peregrine_engine::{GenerateRequest, Session, SessionState, Tokenizer};
@@ -155,19 +154,10 @@ impl OnBackend for Job {
         let mut report = BenchReport::new(&model_spec, device, &self.plan);
         report.commit = Some(env!("PEREGRINE_GIT_COMMIT").to_string()).filter(|c| !c.is_empty());
         report.synthetic_weights = dummy;
-        let probe = clock_probe(&backend.name());
         report.configs = run_matrix(&self.plan, &self.specs, |spec| {
             let fmt = FormatSpec::from_args(spec.quant.as_str(), &a.format)?;
             let loaded = load_model(backend, &model_spec, &fmt, dummy)?;
-            Ok(EngineTarget {
-                backend,
-                model: loaded.model,
-                tokenizer: tokenizer.as_ref(),
-                synthetic: dummy,
-                graphs: !a.no_graph,
-                state: None,
-                probe: probe.clone(),
-            })
+            Ok(EngineTarget { backend, model: loaded.model, tokenizer: tokenizer.as_ref(), synthetic: dummy, graphs: !a.no_graph, state: None })
         })?;
         if let Some(file) = &a.ppl_file {
             add_quality(backend, a, &model_spec, &mut report, file, tokenizer.as_ref())?;
@@ -288,30 +278,6 @@ struct EngineTarget<'a, B: Backend> {
     /// that fits, so the step is recorded once per configuration (in the warm-up run), as a
     /// serving engine records its graphs at start-up, and every measured run replays it.
     state: Option<SessionState<B>>,
-    /// The device's clock and power readings (NVML on a CUDA GPU), shared by every configuration.
-    probe: Option<Arc<dyn ClockProbe>>,
-}
-
-/// NVML readings of the CUDA device as the benchmark's clock probe.
-struct NvmlProbe(peregrine_cuda::telemetry::Nvml);
-
-impl ClockProbe for NvmlProbe {
-    fn sample(&self) -> Option<ClockSample> {
-        let r = self.0.read()?;
-        Some(ClockSample { sm_mhz: r.sm_mhz as f64, power_w: r.power_w, power_capped: r.power_capped })
-    }
-    fn power_limit_w(&self) -> Option<f64> {
-        self.0.power_limit_w()
-    }
-}
-
-/// The clock probe of the backend called `name`: NVML for the CUDA backend (which runs on CUDA
-/// device 0), none for the CPU or where NVML cannot be loaded.
-fn clock_probe(name: &str) -> Option<Arc<dyn ClockProbe>> {
-    if !name.starts_with("cuda") {
-        return None;
-    }
-    peregrine_cuda::telemetry::Nvml::for_cuda_ordinal(0).map(|n| Arc::new(NvmlProbe(n)) as Arc<dyn ClockProbe>)
 }
 
 /// Prompt tokens the bench's session workspace holds at least (every seed prompt fits, so one
@@ -378,8 +344,9 @@ impl<B: Backend> BenchTarget for EngineTarget<'_, B> {
         Some(shape_of(&self.model.config))
     }
 
+    /// The backend's own (NVML on a CUDA GPU; none on the CPU).
     fn clock_probe(&self) -> Option<Arc<dyn ClockProbe>> {
-        self.probe.clone()
+        self.backend.clock_probe()
     }
 
     /// One session sized for `ids` (cache and workspace of T positions), reused by every

@@ -369,6 +369,10 @@ pub trait Backend {
     fn device_memory(&self) -> Option<(u64, u64)> {
         None
     }
+    /// A reader of the device's SM clock and power (crates/core clocks.rs), where the backend has one.
+    fn clock_probe(&self) -> Option<std::sync::Arc<dyn crate::ClockProbe>> {
+        None
+    }
 
     /// A synthetic (N, K) linear filled with N(0, std) values and quantized to `format`
     /// directly on the device, with no host copy. `Ok(None)` means this backend makes

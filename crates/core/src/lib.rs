@@ -7,6 +7,7 @@
 //! allocation (see ../shared/DESIGN-NOTES.md).
 
 pub mod backend;
+pub mod clocks;
 pub mod dtype;
 pub mod error;
 pub mod sampling;
@@ -15,6 +16,7 @@ pub mod tensor;
 pub mod weights;
 
 pub use backend::{AttentionParams, Backend, Epilogue, KvCache, LayerKv, LinearInput, MemoryStats, PairNorms, PairSide, QkvLayout, RotaryParams, SyntheticFormat};
+pub use clocks::{ClockProbe, ClockSample};
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use tensor::HostTensor;

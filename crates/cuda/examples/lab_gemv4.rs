@@ -569,7 +569,7 @@ fn int8_tile_shape(dev: &Device, lab: &LabModule, name: &str, n: usize, k: usize
     let LinearWeight::Int8(h) = &host else { return Err("not int8".into()) };
     let bytes = n * k + 4 * n;
     let copies = WORKING_SET.div_ceil(bytes).max(2);
-    let (x, want) = oracle(&host, k, 11 + n as u64 ^ k as u64)?;
+    let (x, want) = oracle(&host, k, (11 + n as u64) ^ k as u64)?;
     let xb: Vec<bf16> = x.iter().map(|&v| bf16::from_f32(v)).collect();
     let tiles = i8_tiles(&h.cb, n, k);
     let mut tile_copies = Vec::with_capacity(copies);

@@ -17,9 +17,9 @@
 
 use half::bf16;
 use peregrine_core::scoring::RowScore;
-use peregrine_core::{AttentionParams, Backend, Epilogue, Error, HostTensor, LayerKv, LinearInput, LinearWeight, MemoryStats, PairNorms, PairSide, QkvLayout, QuantKind, Result, RotaryParams};
+use peregrine_core::{AttentionParams, Backend, ClockProbe, Epilogue, Error, HostTensor, LayerKv, LinearInput, LinearWeight, MemoryStats, PairNorms, PairSide, QkvLayout, QuantKind, Result, RotaryParams};
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::alloc::DeviceBuffer;
 use crate::device::{Args, Device, Grid};
@@ -66,6 +66,8 @@ pub struct CudaBackend {
     lab_skip: LabSkip,
     /// The ALiBi slopes last used, uploaded once (a model's constant).
     alibi: Mutex<Option<(Vec<f32>, DeviceBuffer<f32>)>>,
+    /// NVML on this device (telemetry.rs), opened on the first `clock_probe` call.
+    clocks: std::sync::OnceLock<Option<Arc<dyn ClockProbe>>>,
 }
 
 /// The decode-step slot and mode (see `Backend::record_step`).
@@ -197,6 +199,7 @@ impl CudaBackend {
             fuse: Fusions::from_env(),
             lab_skip: LabSkip::from_env(),
             alibi: Mutex::new(None),
+            clocks: std::sync::OnceLock::new(),
         })
     }
 
@@ -553,6 +556,11 @@ impl Backend for CudaBackend {
     fn device_memory(&self) -> Option<(u64, u64)> {
         let (free, total) = self.free_device_memory();
         Some((free as u64, total as u64))
+    }
+
+    fn clock_probe(&self) -> Option<Arc<dyn ClockProbe>> {
+        let open = || crate::telemetry::Nvml::for_cuda_ordinal(self.dev.ctx.ordinal()).map(|n| Arc::new(n) as Arc<dyn ClockProbe>);
+        self.clocks.get_or_init(open).clone()
     }
 
     fn synthetic_linear(

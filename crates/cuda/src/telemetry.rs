@@ -1,13 +1,14 @@
 //! telemetry.rs: the GPU's SM clock, board power and power-cap state, read through NVML
 //! (libnvidia-ml.so.1, loaded at run time like libcuda, so a machine without it just has no
 //! readings). An H200 decodes at its 700 W power limit, and the SM clock a board holds there
-//! decides how fast the instruction-heavy kernels run (BENCHMARKS.md, 2026-11-30), so the
-//! benchmark records these beside every configuration.
+//! decides how fast the instruction-heavy kernels run (BENCHMARKS.md, 2026-11-30), so the CUDA
+//! backend offers this as its `ClockProbe` and the benchmark records it beside every configuration.
 
 use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void, CStr};
 
 use cudarc::driver::sys as drv_sys;
 use libloading::Library;
+use peregrine_core::{ClockProbe, ClockSample};
 
 type NvmlReturn = c_int;
 type NvmlDevice = *mut c_void;
@@ -18,17 +19,6 @@ const NVML_CLOCK_SM: c_uint = 1;
 const REASON_SW_POWER_CAP: c_ulonglong = 0x4;
 /// nvmlClocksEventReasonHwPowerBrakeSlowdown (the board's external power brake).
 const REASON_HW_POWER_BRAKE: c_ulonglong = 0x80;
-
-/// One reading of the device.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GpuReading {
-    /// The SM clock now, MHz.
-    pub sm_mhz: u32,
-    /// Board power now, watts.
-    pub power_w: f64,
-    /// Whether the clocks are being held down by the power limit.
-    pub power_capped: bool,
-}
 
 type InitFn = unsafe extern "C" fn() -> NvmlReturn;
 type HandleByPciFn = unsafe extern "C" fn(*const c_char, *mut NvmlDevice) -> NvmlReturn;
@@ -85,8 +75,11 @@ impl Nvml {
         }
     }
 
+}
+
+impl ClockProbe for Nvml {
     /// The device's clock, power and power-cap state now (None if NVML refuses a query).
-    pub fn read(&self) -> Option<GpuReading> {
+    fn sample(&self) -> Option<ClockSample> {
         let (mut mhz, mut mw, mut reasons): (c_uint, c_uint, c_ulonglong) = (0, 0, 0);
         // SAFETY: valid handle and out-pointers to locals.
         unsafe {
@@ -101,11 +94,11 @@ impl Nvml {
             }
         }
         let power_capped = reasons & (REASON_SW_POWER_CAP | REASON_HW_POWER_BRAKE) != 0;
-        Some(GpuReading { sm_mhz: mhz, power_w: mw as f64 / 1000.0, power_capped })
+        Some(ClockSample { sm_mhz: mhz as f64, power_w: mw as f64 / 1000.0, power_capped })
     }
 
     /// The power limit the board enforces, watts.
-    pub fn power_limit_w(&self) -> Option<f64> {
+    fn power_limit_w(&self) -> Option<f64> {
         let mut mw: c_uint = 0;
         // SAFETY: valid handle and out-pointer.
         (unsafe { (self.power_limit)(self.device, &mut mw) } == NVML_SUCCESS).then_some(mw as f64 / 1000.0)
@@ -153,8 +146,8 @@ mod tests {
     fn no_driver_or_nvml_means_no_readings_not_a_panic() {
         // On a machine without a GPU (CI) this is None; on the GPU machine a reading is plausible.
         if let Some(nvml) = Nvml::for_cuda_ordinal(0) {
-            let r = nvml.read().expect("NVML opened but refused a reading");
-            assert!(r.sm_mhz > 0 && r.power_w > 0.0, "{r:?}");
+            let r = nvml.sample().expect("NVML opened but refused a reading");
+            assert!(r.sm_mhz > 0.0 && r.power_w > 0.0, "{r:?}");
         }
         assert!(Nvml::for_cuda_ordinal(4096).is_none());
     }
