@@ -17,7 +17,7 @@
 //     it writes the normalised output directly and no combine runs.
 //   attention_combine_bf16(part_o, part_ml, out, H, Hd, S): grid (T, H); merges the S partials.
 //   attention_prefill_tc_bf16_hd{HD}: the prefill on tensor cores (mma.sync bf16, f32 accumulate;
-//     P rounded to bf16 before P.V as FlashAttention does). grid (ceil(T/64), H), 128 threads;
+//     P rounded to bf16 before P.V as FlashAttention does). grid (ceil(T/128), H), 256 threads;
 //     dynamic smem = 4 * 64 * (HD+8) * 2 bytes (K and V, two stages). See the comment above the kernel.
 // Assumptions: positions[t] < P (checked on the host); HD % 32 == 0.
 #include "prelude.cuh"
@@ -376,17 +376,24 @@ extern "C" __global__ void attention_combine_bf16(const float* __restrict__ part
 
 // ---------------------------------------------------------------------------------------------
 // Tensor-core prefill (FlashAttention-2 style) with mma.sync m16n8k16 bf16 -> f32 (sm_80+).
-// Block = 4 warps = 64 query rows of one head; warp w owns rows 16w..16w+15, its Q fragments
-// stay in registers. Per tile of 64 keys: K and V (row-major, rows padded by 8 elements:
-// conflict-free fragment loads) are copied to shared memory with cp.async, double-buffered so the
-// next tile arrives while this one is used; V's B fragments come from ldmatrix.trans. S = Q K^T
-// in registers, masked/scaled/ALiBi,
-// online softmax per row (a row's 64 scores live in one quad of lanes), then P (rounded to bf16,
-// reusing the S accumulator layout as the A operand) times V accumulates O in f32.
-// Fragment layout (PTX ISA, m16n8k16): g = lane / 4, c = lane % 4; A regs (row g | g+8,
+// Block = TC_WARPS warps = 16 * TC_WARPS query rows of one head (blocks taken last rows first, so
+// the longest run first and the short ones fill the tail); warp w owns rows 16w..16w+15, its Q
+// fragments stay in registers. Per tile of 64 keys: K and V (row-major, rows padded by 8 elements:
+// conflict-free ldmatrix) are copied to shared memory with cp.async by the whole block,
+// double-buffered so the next tile arrives while this one is used; every warp of the block reuses
+// them (8 warps: half the L2 -> shared traffic of 4). K's B fragments come from ldmatrix, V's from
+// ldmatrix.trans. S = Q K^T in registers; a tile wholly at or below every row's position of the
+// warp (and no ALiBi) skips the mask and folds the scale into the exponent's FFMA; the others are
+// masked, scaled and biased per score. Online softmax per row (a row's 64 scores live in one quad
+// of lanes), then P (rounded to bf16, reusing the S accumulator layout as the A operand) times V
+// accumulates O in f32. A warp skips tiles past its last row's position (it still joins the
+// barriers). Fragment layout (PTX ISA, m16n8k16): g = lane / 4, c = lane % 4; A regs (row g | g+8,
 // k 2c..2c+1 | 2c+8..2c+9); B regs (k 2c..2c+1 | 2c+8..2c+9, n g); C (row g | g+8, n 2c, 2c+1).
-#define TC_ROWS 64
+#define TC_WARPS 8
+#define TC_ROWS (16 * TC_WARPS)
 #define TC_KEYS 64
+// Resident blocks a SM the registers must allow: two at head dim 64 (16 warps), one at 128.
+#define TC_MIN_BLOCKS(HD) ((HD) <= 64 ? 2 : 1)
 
 __device__ __forceinline__ void mma_bf16_16816(float* d, const u32* a, u32 b0, u32 b1) {
     asm volatile(
@@ -421,18 +428,55 @@ __device__ __forceinline__ void ldmatrix_x4_trans(u32* r, const bf16* row) {
                  : "r"(a));
 }
 
+/// Four 8x8 bf16 matrices from shared memory, not transposed: with rows = keys of a row-major K
+/// tile, thread (g, c) receives K[key g][dims 2c, 2c+1] of each matrix, the B fragments of K^T.
+__device__ __forceinline__ void ldmatrix_x4(u32* r, const bf16* row) {
+    const u32 a = (u32)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+/// 2^x as one MUFU.EX2 (ex2.approx.ftz: exp2f's own approximation without its subnormal range
+/// handling, which costs a compare and two multiplies a call; results below 2^-126 become 0, a
+/// weight no softmax term can feel next to the row maximum's 1).
+__device__ __forceinline__ float ex2_ftz(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/// A compile-time bool passed to a generic lambda (NVRTC has no <type_traits>).
+template <bool B>
+struct TcBool {
+    static constexpr bool value = B;
+};
+
+/// Max and min of v over the 32 lanes of a warp.
+__device__ __forceinline__ int warp_max_i(int v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+__device__ __forceinline__ int warp_min_i(int v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
 template <int HD>
 __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
                                                 const bf16* __restrict__ v_cache, const u32* __restrict__ positions,
                                                 const float* __restrict__ slopes, bf16* __restrict__ out, int T,
                                                 int n_head, int n_kv, int row_width, float scale) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    constexpr int LDK = HD + 8;  // K and V rows padded by 16 bytes: conflict-free fragment loads
+    __shared__ int block_max_pos;
+    constexpr int LDK = HD + 8;  // K and V rows padded by 16 bytes: conflict-free ldmatrix
     bf16* Ks = reinterpret_cast<bf16*>(smem_raw);  // [2 stages][TC_KEYS][LDK]
     bf16* Vs = Ks + 2 * TC_KEYS * LDK;            // [2 stages][TC_KEYS][LDK], row-major like K
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, c = lane & 3;
     const int h = blockIdx.y, qpk = n_head / n_kv, grp = h / qpk;
-    const int t0 = blockIdx.x * TC_ROWS;
+    const int t0 = (gridDim.x - 1 - blockIdx.x) * TC_ROWS;  // last rows first: the longest blocks start first
     const int ta = t0 + warp * 16 + g, tb = ta + 8;
     const int q_off = (grp * (qpk + 2) + h % qpk) * HD;
 
@@ -448,10 +492,18 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
     }
     const int pos_a = (ta < T) ? (int)positions[ta] : -1;
     const int pos_b = (tb < T) ? (int)positions[tb] : -1;
-    int max_pos = -1;
-    for (int r = 0; r < TC_ROWS && t0 + r < T; r++) max_pos = max(max_pos, (int)positions[t0 + r]);
-    const float slope = (slopes != nullptr) ? slopes[h] : 0.f;
-    // Scores in log2 units (scale x log2 e), so every exponential is one exp2f: the softmax is unchanged.
+    // The warp's last key (tiles past it are skipped) and the key every row of the warp reaches
+    // (tiles up to it need no mask); rows past T count as position -1 (masked everywhere).
+    const int warp_max_pos = warp_max_i(max(pos_a, pos_b));
+    const int warp_min_pos = warp_min_i(min(pos_a, pos_b));
+    if (tid == 0) block_max_pos = -1;
+    __syncthreads();
+    if (lane == 0) atomicMax(&block_max_pos, warp_max_pos);
+    __syncthreads();
+    const int max_pos = block_max_pos;
+    const bool alibi = slopes != nullptr;
+    const float slope = alibi ? slopes[h] : 0.f;
+    // Scores in log2 units (scale x log2 e), so every exponential is one ex2: the softmax is unchanged.
     const float scale2 = scale * 1.4426950408889634f;
 
     float m_a = NEG_INF, m_b = NEG_INF, l_a = 0.f, l_b = 0.f;
@@ -470,36 +522,36 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
         }
         cp_async_commit();
     };
-    if (max_pos >= 0) load_tile(0, 0);
-    for (int k0 = 0, stage = 0; k0 <= max_pos; k0 += TC_KEYS, stage ^= 1) {
-        if (k0 + TC_KEYS <= max_pos) {
-            load_tile(stage ^ 1, k0 + TC_KEYS);  // its buffer was released by the barrier ending the last tile
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();  // tile `stage` is complete for every thread
-        const bf16* Kt = Ks + stage * TC_KEYS * LDK;
-        const bf16* Vt = Vs + stage * TC_KEYS * LDK;
 
+    // One tile for this warp: scores, online softmax, P.V. MASKED: per-score mask, scale and ALiBi
+    // (s then holds scaled scores); else s holds raw q.k and the scale is applied in the exponent.
+    auto attend_tile = [&](const bf16* Kt, const bf16* Vt, int k0, auto masked_tag) {
+        constexpr bool MASKED = decltype(masked_tag)::value;
         float s[TC_KEYS / 8][4];
 #pragma unroll
         for (int nt = 0; nt < TC_KEYS / 8; nt++) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-            const bf16* krow = Kt + (8 * nt + g) * LDK + 2 * c;
 #pragma unroll
-            for (int ks = 0; ks < HD / 16; ks++) mma_bf16_16816(s[nt], qa[ks], ld_u32(krow + 16 * ks), ld_u32(krow + 16 * ks + 8));
+            for (int ks = 0; ks < HD / 16; ks += 2) {
+                // Matrices (keys 8nt..8nt+7) x (dims 16ks | 16ks+8 | 16ks+16 | 16ks+24): b0, b1 of k-steps ks, ks+1.
+                u32 b[4];
+                ldmatrix_x4(b, Kt + (8 * nt + (lane & 7)) * LDK + 16 * ks + 8 * (lane >> 3));
+                mma_bf16_16816(s[nt], qa[ks], b[0], b[1]);
+                mma_bf16_16816(s[nt], qa[ks + 1], b[2], b[3]);
+            }
         }
         float mx_a = NEG_INF, mx_b = NEG_INF;
 #pragma unroll
         for (int nt = 0; nt < TC_KEYS / 8; nt++) {
+            if constexpr (MASKED) {
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int j = k0 + 8 * nt + 2 * c + (e & 1);
-                float v = s[nt][e];
-                v = (slopes != nullptr) ? (v + round_bf16(slope * (float)j)) * scale2 : v * scale2;
-                const int pos = (e < 2) ? pos_a : pos_b;
-                s[nt][e] = (j <= pos) ? v : NEG_INF;
+                for (int e = 0; e < 4; e++) {
+                    const int j = k0 + 8 * nt + 2 * c + (e & 1);
+                    float v = s[nt][e];
+                    v = alibi ? (v + round_bf16(slope * (float)j)) * scale2 : v * scale2;
+                    const int pos = (e < 2) ? pos_a : pos_b;
+                    s[nt][e] = (j <= pos) ? v : NEG_INF;
+                }
             }
             mx_a = fmaxf(mx_a, fmaxf(s[nt][0], s[nt][1]));
             mx_b = fmaxf(mx_b, fmaxf(s[nt][2], s[nt][3]));
@@ -508,16 +560,21 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
         mx_a = fmaxf(mx_a, __shfl_xor_sync(FULL_MASK, mx_a, 2));
         mx_b = fmaxf(mx_b, __shfl_xor_sync(FULL_MASK, mx_b, 1));
         mx_b = fmaxf(mx_b, __shfl_xor_sync(FULL_MASK, mx_b, 2));
+        if constexpr (!MASKED) {  // raw scores: the scaled maximum (scale2 > 0 keeps the order)
+            mx_a *= scale2;
+            mx_b *= scale2;
+        }
         const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
         const float use_a = (mn_a == NEG_INF) ? 0.f : mn_a, use_b = (mn_b == NEG_INF) ? 0.f : mn_b;
-        const float corr_a = exp2f(m_a - use_a), corr_b = exp2f(m_b - use_b);
+        const float corr_a = ex2_ftz(m_a - use_a), corr_b = ex2_ftz(m_b - use_b);
+        const float sc = MASKED ? 1.f : scale2;
         float sum_a = 0.f, sum_b = 0.f;
 #pragma unroll
         for (int nt = 0; nt < TC_KEYS / 8; nt++) {
-            s[nt][0] = exp2f(s[nt][0] - use_a);
-            s[nt][1] = exp2f(s[nt][1] - use_a);
-            s[nt][2] = exp2f(s[nt][2] - use_b);
-            s[nt][3] = exp2f(s[nt][3] - use_b);
+            s[nt][0] = ex2_ftz(fmaf(s[nt][0], sc, -use_a));
+            s[nt][1] = ex2_ftz(fmaf(s[nt][1], sc, -use_a));
+            s[nt][2] = ex2_ftz(fmaf(s[nt][2], sc, -use_b));
+            s[nt][3] = ex2_ftz(fmaf(s[nt][3], sc, -use_b));
             sum_a += s[nt][0] + s[nt][1];
             sum_b += s[nt][2] + s[nt][3];
         }
@@ -553,6 +610,23 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
         }
         m_a = mn_a;
         m_b = mn_b;
+    };
+
+    if (max_pos >= 0) load_tile(0, 0);
+    for (int k0 = 0, stage = 0; k0 <= max_pos; k0 += TC_KEYS, stage ^= 1) {
+        if (k0 + TC_KEYS <= max_pos) {
+            load_tile(stage ^ 1, k0 + TC_KEYS);  // its buffer was released by the barrier ending the last tile
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // tile `stage` is complete for every thread
+        const bf16* Kt = Ks + stage * TC_KEYS * LDK;
+        const bf16* Vt = Vs + stage * TC_KEYS * LDK;
+        if (k0 <= warp_max_pos) {  // warp-uniform
+            if (!alibi && k0 + TC_KEYS - 1 <= warp_min_pos) attend_tile(Kt, Vt, k0, TcBool<false>{});
+            else attend_tile(Kt, Vt, k0, TcBool<true>{});
+        }
         __syncthreads();  // every warp is done with tile `stage` before it is refilled
     }
     const float inv_a = 1.0f / l_a, inv_b = 1.0f / l_b;
@@ -584,7 +658,7 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
         decode_body<HD, true>(qkv, k_cache, v_cache, positions, slopes, part_o, part_ml, out, n_head, n_kv, \
                               row_width, scale, theta, position_scale);                                   \
     }                                                                                                      \
-    extern "C" __global__ void __launch_bounds__(128) attention_prefill_tc_bf16_hd##HD(                    \
+    extern "C" __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(HD)) attention_prefill_tc_bf16_hd##HD(                    \
         const bf16* qkv, const bf16* k_cache, const bf16* v_cache, const u32* positions, const float* slopes, \
         bf16* out, int T, int n_head, int n_kv, int row_width, float scale) {                              \
         PDL_ENTER();                                                                                   \

@@ -35,6 +35,10 @@ pub const DECODE_MAX_ROWS: usize = 8;
 pub const DECODE_SPLIT: usize = 256;
 /// Threads per block of the decode kernel (DEC_WARPS * 32 in kernels/attention.cu: a warp per 32 keys).
 const DECODE_THREADS: u32 = 256;
+/// Query rows and threads of a block of the tensor-core prefill attention (kernels/attention.cu:
+/// TC_ROWS, TC_WARPS * 32).
+const TC_PREFILL_ROWS: usize = 128;
+const TC_PREFILL_THREADS: u32 = 256;
 /// Head dims the attention kernels are instantiated for (kernels/attention.cu).
 pub const ATTENTION_HEAD_DIMS: [usize; 2] = [64, 128];
 
@@ -832,7 +836,7 @@ impl Backend for CudaBackend {
             let name = if hd == 64 { "attention_prefill_tc_bf16_hd64" } else { "attention_prefill_tc_bf16_hd128" };
             let smem = (4 * 64 * (hd + 8) * 2) as u32; // K and V tiles, two stages
             let a = a.ptr(out.ptr()).i32(t as i32).i32(l.n_head as i32).i32(l.n_kv as i32).i32(l.row_width() as i32).f32(params.scale);
-            let g = Grid::new((t.div_ceil(64) as u32, l.n_head as u32, 1), 128).with_smem(smem);
+            let g = Grid::new((t.div_ceil(TC_PREFILL_ROWS) as u32, l.n_head as u32, 1), TC_PREFILL_THREADS).with_smem(smem);
             // SAFETY: every length and position checked above.
             unsafe { self.dev.launch("attention", name, g, a) }
         } else {

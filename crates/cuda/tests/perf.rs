@@ -66,23 +66,33 @@ fn kernel_timings_at_falcon_40b_shapes() {
             row(&format!("  synthetic {kind} {what} made on device"), make, format!("{:.2} G weights/s", (n * k) as f64 / make / 1e9));
         }
     }
-    // Attention over a 2048-position cache: decode (T=1) and a 2048-token prefill.
-    let layout = QkvLayout { n_head: 128, n_kv: 8, head_dim: 64 };
+    // Attention over a 2048-position cache: decode (T=1) and a 2048-token prefill, Falcon-40B's
+    // heads (128q/8kv hd64), then a prefill with Falcon2-11B's (32q/8kv hd128).
+    let falcon_40b = QkvLayout { n_head: 128, n_kv: 8, head_dim: 64 };
+    let falcon2_11b = QkvLayout { n_head: 32, n_kv: 8, head_dim: 128 };
     let p = 2048;
-    let per = p * layout.n_kv * layout.head_dim;
-    let cache = LayerKv::<CudaBackend> { k: gpu.upload(&rng.bf16_vec(per, 1.0)).unwrap(), v: gpu.upload(&rng.bf16_vec(per, 1.0)).unwrap() };
-    let cases = [(1usize, p - 1, PrefillAttention::TensorCore), (2048, 0, PrefillAttention::Simt), (2048, 0, PrefillAttention::TensorCore), (512, 0, PrefillAttention::TensorCore)];
-    for (t, start, kind) in cases {
+    let cases = [
+        (falcon_40b, 1usize, p - 1, PrefillAttention::TensorCore),
+        (falcon_40b, 2048, 0, PrefillAttention::Simt),
+        (falcon_40b, 2048, 0, PrefillAttention::TensorCore),
+        (falcon_40b, 512, 0, PrefillAttention::TensorCore),
+        (falcon2_11b, 2048, 0, PrefillAttention::TensorCore),
+    ];
+    for (layout, t, start, kind) in cases {
+        let per = p * layout.n_kv * layout.head_dim;
+        let cache = LayerKv::<CudaBackend> { k: gpu.upload(&rng.bf16_vec(per, 1.0)).unwrap(), v: gpu.upload(&rng.bf16_vec(per, 1.0)).unwrap() };
         gpu.set_prefill_attention(kind);
         let positions: Vec<u32> = (start..start + t).map(|v| v as u32).collect();
         let qkv = gpu.upload(&rng.bf16_vec(t * layout.row_width(), 1.0)).unwrap();
-        let mut out = gpu.alloc(t * d * 2).unwrap();
+        let width = layout.n_head * layout.head_dim;
+        let mut out = gpu.alloc(t * width * 2).unwrap();
         let params = AttentionParams { layout, positions: &positions, scale: 0.125, alibi_slopes: None };
         let s = time(&gpu, || gpu.attention(&qkv, &cache, &params, &mut out).unwrap());
         let kv_bytes = (2 * per * 2) as f64;
-        let flops = 4.0 * (t as f64) * (start as f64 + t as f64 / 2.0) * (layout.n_head * layout.head_dim) as f64;
+        let flops = 4.0 * (t as f64) * (start as f64 + t as f64 / 2.0) * width as f64;
         let label = if t == 1 { "decode".to_string() } else { format!("prefill {kind:?}") };
-        row(&format!("attention {label} 128q/8kv hd64 T={t} over {}", start + t), s, format!("{:>7.0} GB/s KV, {:>6.2} TFLOP/s", kv_bytes / s / 1e9, flops / s / 1e12));
+        let heads = format!("{}q/{}kv hd{}", layout.n_head, layout.n_kv, layout.head_dim);
+        row(&format!("attention {label} {heads} T={t} over {}", start + t), s, format!("{:>7.0} GB/s KV, {:>6.2} TFLOP/s", kv_bytes / s / 1e9, flops / s / 1e12));
     }
     // Small ops at T=512.
     let rows = 512;
