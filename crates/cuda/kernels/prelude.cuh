@@ -40,16 +40,27 @@ typedef long long i64;
 __device__ __forceinline__ float bf2f(bf16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ bf16 f2bf(float x) { return __float2bfloat16_rn(x); }
 
-/// GPT-NeoX rotary embedding of pair (x1, x2) = (x[i], x[i + Hd/2]) at `pos`: the angle
-/// (pos / position_scale) / theta^(2i/Hd) in f32 (precise sincosf: angles reach 1e4 rad), rotated
-/// and rounded to bf16. The one formula of rotary.cu and the fused decode attention.
-__device__ __forceinline__ void rope_pair(float x1, float x2, int i, int head_dim, u32 pos, float theta,
-                                          float position_scale, bf16& r1, bf16& r2) {
+/// GPT-NeoX rotary embedding, the one formula of rotary.cu and the fused decode attention. The angle
+/// of pair (x[i], x[i + Hd/2]) at `pos` is (pos / position_scale) / theta^(2i/Hd) in f32 (precise
+/// sincosf: angles reach 1e4 rad); rope_angle gives its cosine and sine, the same for every head.
+__device__ __forceinline__ void rope_angle(int i, int head_dim, u32 pos, float theta, float position_scale, float& c,
+                                           float& s) {
     const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
-    float s, c;
     sincosf(((float)pos / position_scale) * inv_freq, &s, &c);
+}
+
+/// Pair (x1, x2) rotated by the angle of cosine c and sine s, rounded to bf16.
+__device__ __forceinline__ void rope_rotate(float x1, float x2, float c, float s, bf16& r1, bf16& r2) {
     r1 = f2bf(x1 * c - x2 * s);
     r2 = f2bf(x2 * c + x1 * s);
+}
+
+/// Pair i of a head rotated for position `pos` (rope_angle, then rope_rotate).
+__device__ __forceinline__ void rope_pair(float x1, float x2, int i, int head_dim, u32 pos, float theta,
+                                          float position_scale, bf16& r1, bf16& r2) {
+    float c, s;
+    rope_angle(i, head_dim, pos, theta, position_scale, c, s);
+    rope_rotate(x1, x2, c, s, r1, r2);
 }
 
 /// Round an f32 to the nearest bf16 and back (what a bf16 tensor would hold).

@@ -39,6 +39,8 @@ const DECODE_THREADS: u32 = 256;
 /// TC_ROWS, TC_WARPS * 32).
 const TC_PREFILL_ROWS: usize = 128;
 const TC_PREFILL_THREADS: u32 = 256;
+/// Blocks a SM the rotary kernels aim for (rotary_grid).
+const ROTARY_BLOCKS_PER_SM: usize = 4;
 /// Head dims the attention kernels are instantiated for (kernels/attention.cu).
 pub const ATTENTION_HEAD_DIMS: [usize; 2] = [64, 128];
 
@@ -420,6 +422,18 @@ impl CudaBackend {
         }
         Ok(())
     }
+
+    /// Launch shape of rotary_bf16 / rotary_append_bf16 for `t` tokens, and the heads a block takes:
+    /// the fewest blocks that still give each SM about four (a long prompt: one block a token with
+    /// every head; one token: a block a head). Dynamic shared memory holds a token's pair angles.
+    fn rotary_grid(&self, t: usize, layout: QkvLayout) -> (Grid, i32) {
+        let heads = layout.n_head + layout.n_kv;
+        let wanted = ROTARY_BLOCKS_PER_SM * self.dev.sm_count as usize;
+        let per_block = heads.div_ceil(wanted.div_ceil(t).clamp(1, heads));
+        let threads = (per_block * layout.head_dim / 2).clamp(32, 256) as u32;
+        let g = Grid::new((t as u32, heads.div_ceil(per_block) as u32, 1), threads).with_smem((layout.head_dim * 4) as u32);
+        (g, per_block as i32)
+    }
 }
 
 impl CudaBackend {
@@ -747,9 +761,9 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let pos = self.indices(positions, true)?;
-        let g = Grid::new((t as u32, (layout.n_head + layout.n_kv) as u32, 1), (layout.head_dim / 2).clamp(32, 256) as u32);
+        let (g, per_block) = self.rotary_grid(t, layout);
         let a = Args::new().ptr(qkv.ptr()).ptr(pos.ptr()).i32(layout.n_head as i32).i32(layout.n_kv as i32);
-        let a = a.i32(layout.head_dim as i32).i32(layout.row_width() as i32).f32(rope.theta).f32(rope.position_scale);
+        let a = a.i32(layout.head_dim as i32).i32(layout.row_width() as i32).f32(rope.theta).f32(rope.position_scale).i32(per_block);
         // SAFETY: qkv holds T rows of row_width; heads addressed through the checked layout.
         unsafe { self.dev.launch("rotary", "rotary_bf16", g, a) }
     }
@@ -769,11 +783,11 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let pos = self.indices(positions, true)?;
-        let g = Grid::new((t as u32, (layout.n_head + layout.n_kv) as u32, 1), (layout.head_dim / 2).clamp(32, 256) as u32).with_pdl();
+        let (g, per_block) = self.rotary_grid(t, layout);
         let a = Args::new().ptr(qkv.ptr()).ptr(pos.ptr()).ptr(cache.k.ptr()).ptr(cache.v.ptr()).i32(layout.n_head as i32).i32(layout.n_kv as i32);
-        let a = a.i32(layout.head_dim as i32).i32(layout.row_width() as i32).f32(rope.theta).f32(rope.position_scale);
+        let a = a.i32(layout.head_dim as i32).i32(layout.row_width() as i32).f32(rope.theta).f32(rope.position_scale).i32(per_block);
         // SAFETY: qkv holds T rows of row_width; positions < capacity checked; heads addressed through the checked layout.
-        unsafe { self.dev.launch("rotary", "rotary_append_bf16", g, a) }
+        unsafe { self.dev.launch("rotary", "rotary_append_bf16", g.with_pdl(), a) }
     }
 
     fn append_kv(&self, qkv: &CudaBuf, layout: QkvLayout, positions: &[u32], cache: &mut LayerKv<Self>) -> Result<()> {

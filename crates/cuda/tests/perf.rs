@@ -9,7 +9,7 @@ mod common;
 use std::time::Instant;
 
 use common::*;
-use peregrine_core::{AttentionParams, Backend, LayerKv, QkvLayout, QuantKind};
+use peregrine_core::{AttentionParams, Backend, LayerKv, QkvLayout, QuantKind, RotaryParams};
 use peregrine_cuda::{CudaBackend, PrefillAttention};
 
 /// Seconds per call of `f`: the median over 7 trials of 10 back-to-back calls followed by one
@@ -94,6 +94,17 @@ fn kernel_timings_at_falcon_40b_shapes() {
         let heads = format!("{}q/{}kv hd{}", layout.n_head, layout.n_kv, layout.head_dim);
         row(&format!("attention {label} {heads} T={t} over {}", start + t), s, format!("{:>7.0} GB/s KV, {:>6.2} TFLOP/s", kv_bytes / s / 1e9, flops / s / 1e12));
     }
+    // Rotary + KV append of a 2,048-token prompt, Falcon-40B heads.
+    let layout = falcon_40b;
+    let t = 2048;
+    let per = t * layout.n_kv * layout.head_dim;
+    let mut cache = LayerKv::<CudaBackend> { k: gpu.alloc(per).unwrap(), v: gpu.alloc(per).unwrap() };
+    let mut qkv = gpu.upload(&rng.bf16_vec(t * layout.row_width(), 1.0)).unwrap();
+    let positions: Vec<u32> = (0..t as u32).collect();
+    let rope = RotaryParams { theta: 10000.0, position_scale: 1.0 };
+    let s = time(&gpu, || gpu.rotary_append(&mut qkv, layout, &positions, rope, &mut cache).unwrap());
+    let bytes = (t * (layout.n_head + layout.n_kv) * layout.head_dim * 2 * 2 + 2 * per * 2) as f64;
+    row("rotary_append 128q/8kv hd64 T=2048", s, format!("{:>7.0} GB/s", bytes / s / 1e9));
     // Small ops at T=512.
     let rows = 512;
     let x = gpu.upload(&rng.bf16_vec(rows * d, 1.0)).unwrap();
