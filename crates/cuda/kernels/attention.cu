@@ -452,18 +452,6 @@ struct TcBool {
     static constexpr bool value = B;
 };
 
-/// Max and min of v over the 32 lanes of a warp.
-__device__ __forceinline__ int warp_max_i(int v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(FULL_MASK, v, o));
-    return v;
-}
-__device__ __forceinline__ int warp_min_i(int v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(FULL_MASK, v, o));
-    return v;
-}
-
 template <int HD>
 __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, const bf16* __restrict__ k_cache,
                                                 const bf16* __restrict__ v_cache, const u32* __restrict__ positions,
@@ -494,8 +482,8 @@ __device__ __forceinline__ void prefill_tc_body(const bf16* __restrict__ qkv, co
     const int pos_b = (tb < T) ? (int)positions[tb] : -1;
     // The warp's last key (tiles past it are skipped) and the key every row of the warp reaches
     // (tiles up to it need no mask); rows past T count as position -1 (masked everywhere).
-    const int warp_max_pos = warp_max_i(max(pos_a, pos_b));
-    const int warp_min_pos = warp_min_i(min(pos_a, pos_b));
+    const int warp_max_pos = warp_max_int(max(pos_a, pos_b));
+    const int warp_min_pos = warp_min_int(min(pos_a, pos_b));
     if (tid == 0) block_max_pos = -1;
     __syncthreads();
     if (lane == 0) atomicMax(&block_max_pos, warp_max_pos);
