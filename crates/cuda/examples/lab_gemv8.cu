@@ -438,21 +438,27 @@ struct WeightsInt8Mix {
 
 /// bf16 weights feed the MMA as they are (rows g and g + 8, 8 k a word: two MMAs). Measured
 /// slower than cuBLAS for T >= 2 (and than gemv_body at T = 1), so only the lab instantiates it.
-template <>
-__device__ __forceinline__ void mma_words<WeightsBf16>(float (&d)[4], const uint4& qg, const uint4& qh, const uint4 (&xw)[1]) {
-    mma_bf16_16816(d, qg.x, qh.x, qg.y, qh.y, xw[0].x, xw[0].y);
-    mma_bf16_16816(d, qg.z, qh.z, qg.w, qh.w, xw[0].z, xw[0].w);
-}
+template <int NT>
+struct MmaWords<WeightsBf16, NT> {
+    __device__ static __forceinline__ void run(float (&d)[NT][4], const uint4& qg, const uint4& qh, const uint4 (&xw)[NT][1]) {
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+                mma_bf16_16816(d[nt], word_at(qg, 2 * j), word_at(qh, 2 * j), word_at(qg, 2 * j + 1), word_at(qh, 2 * j + 1),
+                               word_at(xw[nt][0], 2 * j), word_at(xw[nt][0], 2 * j + 1));
+    }
+};
 
 // bm_<name>_t1 / _t8: the tensor-core gemv_mma_body (two names for one kernel: it serves any T <= 8).
 #define BM_KERNEL(NAME, WTYPE, U)                                                                              \
     extern "C" __global__ void __launch_bounds__(256, 2) bm_##NAME##_t1(                                          \
         const bf16* x, const u8* w, const float* scb, int N, int K, int T, const bf16* bias, int epi, bf16* out) { \
-        gemv_mma_body<WTYPE, U, 8>(x, w, scb, N, K, T, bias, epi, out);                                          \
+        gemv_mma_body<WTYPE, U, 8, 1>(x, w, scb, N, K, T, bias, epi, out);                                          \
     }                                                                                                            \
     extern "C" __global__ void __launch_bounds__(256, 2) bm_##NAME##_t8(                                          \
         const bf16* x, const u8* w, const float* scb, int N, int K, int T, const bf16* bias, int epi, bf16* out) { \
-        gemv_mma_body<WTYPE, U, 8>(x, w, scb, N, K, T, bias, epi, out);                                          \
+        gemv_mma_body<WTYPE, U, 8, 1>(x, w, scb, N, K, T, bias, epi, out);                                          \
     }
 
 /// The practical read ceiling: every thread sums 16-byte words i, i + stride, .. (4 in flight).

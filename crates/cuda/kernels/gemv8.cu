@@ -359,12 +359,14 @@ __device__ __forceinline__ void gemv_body(const bf16* __restrict__ x, const u8* 
     }
 }
 
-// ---- Tensor-core variant (mma.sync m16n8k16, bf16 in, f32 accumulate): T <= 8 is the MMA's N. ----
+// ---- Tensor-core variant (mma.sync m16n8k16, bf16 in, f32 accumulate): T <= 8 * NT, NT MMA n-tiles. ----
 // Rows: the block's rows in G = ceil(rows / 16) groups of at most 16 (sizes balanced to one row);
-// lane (g = lane / 4, c = lane % 4) holds rows g and g + 8 of the group as the A operand and x row
-// t = g as the B operand (zeros for t >= T). K is permuted inside each k-block so that one 16-byte
-// load per row and lane feeds the MMAs directly: lane c's word of a 4-word k-block holds the
-// fragment elements of k' = 2c, 2c+1, 2c+8, 2c+9 of each MMA (the same permutation for x).
+// lane (g = lane / 4, c = lane % 4) holds rows g and g + 8 of the group as the A operand and x rows
+// t = 8 nt + g (n-tile nt) as the B operands (zeros for t >= T). Each A fragment is made once and
+// multiplied by the NT n-tiles, so a short prompt (T <= 32) streams the weights once. K is permuted
+// inside each k-block (4 words a lane-row) so that one 16-byte load per row and lane feeds the MMAs
+// directly, the same permutation for x: int8, lane c's word holds the fragment elements k' = 2c,
+// 2c+1, 2c+8, 2c+9 of each of 4 MMAs (16 weights); bf16 (the lab only), of 2 MMAs (8 weights).
 
 /// d (16x8 f32) += a (16x16 bf16, row) * b (16x8 bf16, col).
 __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
@@ -376,32 +378,44 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], u32 a0, u32 a1, u3
 
 __device__ __forceinline__ u32 word_at(const uint4& q, int i) { return i == 0 ? q.x : i == 1 ? q.y : i == 2 ? q.z : q.w; }
 
-/// The MMAs of one k-block for a lane: its words of rows g (qg) and g + 8 (qh), and x row g (xw).
-template <class W>
-__device__ __forceinline__ void mma_words(float (&d)[4], const uint4& qg, const uint4& qh, const uint4 (&xw)[W::PER_WORD / 8]);
-
-template <>
-__device__ __forceinline__ void mma_words<WeightsInt8>(float (&d)[4], const uint4& qg, const uint4& qh, const uint4 (&xw)[2]) {
+/// The MMAs of one 16-byte word a row for a lane: its words of rows g (qg) and g + 8 (qh), and x rows
+/// 8 nt + g of each n-tile (xw[nt]: the x words under the weight word). int8: each word is 4 MMAs of 4 weights; the bytes become exact bf16 pairs (int8x4_to_bf16x2).
+template <int NT>
+__device__ __forceinline__ void mma_words_int8(float (&d)[NT][4], const uint4& qg, const uint4& qh, const uint4 (&xw)[NT][2]) {
 #pragma unroll
     for (int j = 0; j < 4; j++) {
         u32 g01, g23, h01, h23;
         int8x4_to_bf16x2(word_at(qg, j), g01, g23);
         int8x4_to_bf16x2(word_at(qh, j), h01, h23);
-        mma_bf16_16816(d, g01, h01, g23, h23, word_at(xw[j / 2], 2 * (j % 2)), word_at(xw[j / 2], 2 * (j % 2) + 1));
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+            mma_bf16_16816(d[nt], g01, h01, g23, h23, word_at(xw[nt][j / 2], 2 * (j % 2)), word_at(xw[nt][j / 2], 2 * (j % 2) + 1));
     }
 }
 
-/// Row groups whose MMA sums wait in shared memory for one barrier and one parallel finish.
-#define GEMV8_MMA_BATCH 4
+/// The MMAs of weight format W (a specialisation per format; examples/lab_gemv8.cu adds bf16).
+template <class W, int NT>
+struct MmaWords;
+template <int NT>
+struct MmaWords<WeightsInt8, NT> {
+    __device__ static __forceinline__ void run(float (&d)[NT][4], const uint4& qg, const uint4& qh, const uint4 (&xw)[NT][2]) {
+        mma_words_int8<NT>(d, qg, qh, xw);
+    }
+};
+
+/// Row-group sums that wait in shared memory for one barrier and one parallel finish: 4 groups of
+/// one n-tile, fewer of more (the shared array stays 32 KB at 8 warps).
+#define GEMV8_MMA_BATCH(NT) ((NT) >= 4 ? 1 : 4 / (NT))
 
 /// See the comment above. Block = WARPS warps splitting K (k-block i of a row goes to warp i mod WARPS);
 /// steps = (row groups) x (K chunks of U k-blocks a warp), two register buffers in turn.
-template <class W, int U, int WARPS>
+template <class W, int U, int WARPS, int NT>
 __device__ __forceinline__ void gemv_mma_body(const bf16* __restrict__ x, const u8* __restrict__ w,
                                               const float* __restrict__ scb, int N, int K, int T,
                                               const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
     constexpr int NX = W::PER_WORD / 8;  // x words per weight word
-    __shared__ float4 partial[2][GEMV8_MMA_BATCH][WARPS][32];
+    constexpr int BATCH = GEMV8_MMA_BATCH(NT);
+    __shared__ float4 partial[2][BATCH][WARPS][NT][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
     const int words = K / W::PER_WORD;  // 16-byte words a row
     const int kblocks = words / 4;      // (the host checks words % 4 == 0)
@@ -412,7 +426,9 @@ __device__ __forceinline__ void gemv_mma_body(const bf16* __restrict__ x, const 
     const int steps = groups * chunks;
     auto group_row = [&](int j) { return begin + (int)((i64)rows * j / groups); };
 
-    float d[4] = {0.f, 0.f, 0.f, 0.f};
+    float d[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) d[nt][0] = d[nt][1] = d[nt][2] = d[nt][3] = 0.f;
     int u_group = 0, u_c = 0;  // the step being used
     // The step being loaded: its group's first row and size, its K chunk, the lane's row pointers.
     int l_group = 0, l_c = 0, l_r0 = begin, l_size = groups > 0 ? group_row(1) - begin : 0;
@@ -440,31 +456,40 @@ __device__ __forceinline__ void gemv_mma_body(const bf16* __restrict__ x, const 
         for (int u = 0; u < U; u++) {
             const int kb = warp + (u_c * U + u) * WARPS;
             if (kb >= kblocks) break;
-            uint4 xw[NX];
-            const bf16* xp = x + (i64)g * K + (i64)(kb * 4 + c) * W::PER_WORD;
+            uint4 xw[NT][NX];
 #pragma unroll
-            for (int i = 0; i < NX; i++) xw[i] = g < T ? __ldg(reinterpret_cast<const uint4*>(xp) + i) : make_uint4(0, 0, 0, 0);
-            mma_words<W>(d, qg[u], qh[u], xw);
+            for (int nt = 0; nt < NT; nt++) {
+                const int t = 8 * nt + g;
+                const bf16* xp = x + (i64)t * K + (i64)(kb * 4 + c) * W::PER_WORD;
+#pragma unroll
+                for (int i = 0; i < NX; i++) xw[nt][i] = t < T ? __ldg(reinterpret_cast<const uint4*>(xp) + i) : make_uint4(0, 0, 0, 0);
+            }
+            MmaWords<W, NT>::run(d, qg[u], qh[u], xw);
         }
         if (++u_c < chunks) return;
-        // The group is done: its warps' sums meet in shared memory, finished GEMV8_MMA_BATCH groups at a time.
+        // The group is done: its warps' sums meet in shared memory, finished BATCH groups at a time.
         u_c = 0;
-        const int slot = u_group % GEMV8_MMA_BATCH, parity = (u_group / GEMV8_MMA_BATCH) & 1;
-        partial[parity][slot][warp][lane] = make_float4(d[0], d[1], d[2], d[3]);
-        d[0] = d[1] = d[2] = d[3] = 0.f;
+        const int slot = u_group % BATCH, parity = (u_group / BATCH) & 1;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            partial[parity][slot][warp][nt][lane] = make_float4(d[nt][0], d[nt][1], d[nt][2], d[nt][3]);
+            d[nt][0] = d[nt][1] = d[nt][2] = d[nt][3] = 0.f;
+        }
         const int first = u_group - slot;
         u_group++;
-        if (slot + 1 < GEMV8_MMA_BATCH && u_group < groups) return;
+        if (slot + 1 < BATCH && u_group < groups) return;
         __syncthreads();
-        for (int i = threadIdx.x; i < (slot + 1) * 128; i += WARPS * 32) {
-            const int j = i / 128, v = i % 128, l = v / 4, e = v % 4;
-            const int t = 2 * (l & 3) + (e & 1);
+        // Thread per (group, n-tile, lane, fragment value): value e of lane l is row (l/4) + 8 (e/2)
+        // and token 8 nt + 2 (l%4) + e%2.
+        for (int i = threadIdx.x; i < (slot + 1) * NT * 128; i += WARPS * 32) {
+            const int j = i / (NT * 128), rem = i % (NT * 128), nt = rem / 128, v = rem % 128, l = v / 4, e = v % 4;
+            const int t = 8 * nt + 2 * (l & 3) + (e & 1);
             const int r0 = group_row(first + j), size = group_row(first + j + 1) - r0;
             const int r = (l >> 2) + 8 * (e >> 1);
             if (t < T && r < size) {
                 float s = 0.f;
 #pragma unroll
-                for (int k = 0; k < WARPS; k++) s += reinterpret_cast<const float*>(&partial[parity][j][k][l])[e];
+                for (int k = 0; k < WARPS; k++) s += reinterpret_cast<const float*>(&partial[parity][j][k][nt][l])[e];
                 const int n = r0 + r;
                 const float bv = bias != nullptr ? bf2f(bias[n]) : 0.f;
                 store_epilogue(out, (i64)t * N + n, W::finish(s, scb, n) + bv, epi);
@@ -543,9 +568,17 @@ GEMV8_KERNEL(gemv_int8w_bf16_t2, WeightsInt8, 2, 4, 2)
 GEMV8_KERNEL(gemv_int8w_bf16_t4, WeightsInt8, 4, 2, 2)
 GEMV8_KERNEL(gemv_int8w_bf16_t8, WeightsInt8, 8, 2, 2)
 
-extern "C" __global__ void __launch_bounds__(GEMV8_WARPS * 32, GEMV8_BLOCKS_PER_SM)
-    gemv_mma_int8w_bf16(const bf16* x, const u8* w, const float* scb, int N, int K, int T, const bf16* bias, int epi,
-                        bf16* out) {
-    gemv_mma_body<WeightsInt8, 2, GEMV8_WARPS>(x, w, scb, N, K, T, bias, epi, out);
-}
+// LLM.int8 weight-only on tensor cores, 2 <= T <= 8 * NT (short prompts read the weights once). Dense
+// bf16 from T = 2 goes to cuBLAS, which streams at 3.2-4.1 TB/s for T = 2..32 where this body reached
+// 1.9-3.2 (tests/perf.rs short_prompt_linears, 2026-11-30).
+#define GEMV8_MMA_KERNEL(NAME, WTYPE, U, NT)                                                                   \
+    extern "C" __global__ void __launch_bounds__(GEMV8_WARPS * 32, GEMV8_BLOCKS_PER_SM)                          \
+        NAME(const bf16* x, const u8* w, const float* scb, int N, int K, int T, const bf16* bias, int epi,          \
+             bf16* out) {                                                                                          \
+        gemv_mma_body<WTYPE, U, GEMV8_WARPS, NT>(x, w, scb, N, K, T, bias, epi, out);                             \
+    }
+GEMV8_MMA_KERNEL(gemv_mma_int8w_bf16, WeightsInt8, 2, 1)
+GEMV8_MMA_KERNEL(gemv_mma_int8w_bf16_t16, WeightsInt8, 2, 2)
+GEMV8_MMA_KERNEL(gemv_mma_int8w_bf16_t32, WeightsInt8, 2, 4)
+
 #endif

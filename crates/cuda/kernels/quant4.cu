@@ -327,27 +327,37 @@ __device__ __forceinline__ void t4_mma(float* c, u32 a0, u32 a1, u32 a2, u32 a3,
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-/// K-step s of a tile into c: the lane's word s of `a` as four code pairs (this lane's copy of the
-/// table) against x's B fragments xu[2s], xu[2s + 1].
+/// K-step s of a tile into c[nn] for NN n-tiles of 8 tokens: the lane's word s of `a` as four code
+/// pairs (this lane's copy of the table, looked up once) against each n-tile's B fragments
+/// xu[nn][2s], xu[nn][2s + 1].
+template <bool L64, int NN>
+__device__ __forceinline__ void t4_mma_step_n(float (&c)[NN][4], const uint4& a, int s, const u32 (&xu)[NN][8], u32 sbase, u32 lane4) {
+    const u32 w = s == 0 ? a.x : s == 1 ? a.y : s == 2 ? a.z : a.w;
+    const u32 p0 = t4_pair<L64, 0>(sbase, w, lane4), p1 = t4_pair<L64, 1>(sbase, w, lane4);
+    const u32 p2 = t4_pair<L64, 2>(sbase, w, lane4), p3 = t4_pair<L64, 3>(sbase, w, lane4);
+#pragma unroll
+    for (int nn = 0; nn < NN; nn++) t4_mma(c[nn], p0, p1, p2, p3, xu[nn][2 * s], xu[nn][2 * s + 1]);
+}
+
+/// t4_mma_step_n for one n-tile.
 template <bool L64>
 __device__ __forceinline__ void t4_mma_step(float (&c)[4], const uint4& a, int s, const u32 (&xu)[8], u32 sbase, u32 lane4) {
-    const u32 w = s == 0 ? a.x : s == 1 ? a.y : s == 2 ? a.z : a.w;
-    t4_mma(c, t4_pair<L64, 0>(sbase, w, lane4), t4_pair<L64, 1>(sbase, w, lane4), t4_pair<L64, 2>(sbase, w, lane4),
-           t4_pair<L64, 3>(sbase, w, lane4), xu[2 * s], xu[2 * s + 1]);
+    t4_mma_step_n<L64, 1>(reinterpret_cast<float(&)[1][4]>(c), a, s, reinterpret_cast<const u32(&)[1][8]>(xu), sbase, lane4);
 }
 
 /// acc (one row tile's sums: rows g, g + 8 x this lane's tokens) += a tile's mma fragment c times the
-/// scales of its rows (sg: row g, sh: row g + 8). At MAXT 1 only token 0's two values are kept.
+/// scales of its rows (sg: row g, sh: row g + 8), into acc[base..]: n-tile nn's four values at base
+/// 4 nn. At MAXT 1 only token 0's two values are kept.
 template <int MAXT, int NC>
-__device__ __forceinline__ void t4_scale_acc(float (&acc)[NC], const float (&c)[4], float sg, float sh) {
+__device__ __forceinline__ void t4_scale_acc(float (&acc)[NC], const float (&c)[4], float sg, float sh, int base = 0) {
     if (MAXT == 1) {
         acc[0] = fmaf(c[0], sg, acc[0]);
         acc[1] = fmaf(c[2], sh, acc[1]);
     } else {
-        acc[0] = fmaf(c[0], sg, acc[0]);
-        acc[1] = fmaf(c[1], sg, acc[1]);
-        acc[2] = fmaf(c[2], sh, acc[2]);
-        acc[3] = fmaf(c[3], sh, acc[3]);
+        acc[base + 0] = fmaf(c[0], sg, acc[base + 0]);
+        acc[base + 1] = fmaf(c[1], sg, acc[base + 1]);
+        acc[base + 2] = fmaf(c[2], sh, acc[base + 2]);
+        acc[base + 3] = fmaf(c[3], sh, acc[base + 3]);
     }
 }
 
@@ -365,21 +375,26 @@ __device__ __forceinline__ void t4_park(float (&acc)[RT][NC], float* red) {
 }
 
 /// The end of a group of the tile GEMV (gemv4t_body): red holds each warp's fragment sums
-/// ([W][RT][NC][32] floats); thread (row, token) adds them in warp order. part -1: the whole group
+/// ([W][RT][NC][32] floats; above 8 tokens, n-tile nn's four values at 4 nn); thread (row, token)
+/// adds them in warp order. part -1: the whole group
 /// was this block's: add bias, apply the epilogue, store. part 0 / 1: the block computed the group's
 /// first / last steps; the sums wait in g4_split_ws for gemv4t_settle. Every thread of the block
 /// calls it (barriers inside).
 template <int W, int RT, int NC, int MAXT>
 __device__ __forceinline__ void gemv4t_finish(const float* red, int grp, int part, int N, int T, const bf16* __restrict__ bias,
                                            int epi, bf16* __restrict__ out) {
-    static_assert(RT * 16 * MAXT <= G4_SPLIT_OUT, "a split part must fit g4_split_ws");
+    static_assert(MAXT > 8 || RT * 16 * MAXT <= G4_SPLIT_OUT, "a split part must fit g4_split_ws");
     __syncthreads();
     const int per_tile = 16 * T;
     const int boundary = part == 0 ? blockIdx.x : blockIdx.x - 1;
     for (int o = threadIdx.x; o < RT * per_tile; o += blockDim.x) {
         const int rt = o / per_tile, rem = o - rt * per_tile, tok = rem >> 4, m = rem & 15;
-        const int src_lane = (m & 7) * 4 + (tok >> 1);
-        const int c = MAXT == 1 ? (m >> 3) : (m >> 3) * 2 + (tok & 1);
+        int src_lane = (m & 7) * 4 + (tok >> 1);
+        int c = MAXT == 1 ? (m >> 3) : (m >> 3) * 2 + (tok & 1);
+        if constexpr (MAXT > 8) {  // token tok: n-tile tok / 8, column tok % 8
+            src_lane = (m & 7) * 4 + ((tok & 7) >> 1);
+            c = (tok >> 3) * 4 + (m >> 3) * 2 + (tok & 1);
+        }
         float sum = 0.f;
 #pragma unroll
         for (int w = 0; w < W; w++) sum += red[((w * RT + rt) * NC + c) * 32 + src_lane];
@@ -445,7 +460,8 @@ struct T4Stage {
     float nv[RT][2];
 };
 
-/// The tile GEMV. W warps, RT row tiles a group, U k-blocks a warp step, MAXT tokens; DQ double
+/// The tile GEMV. W warps, RT row tiles a group, U k-blocks a warp step, MAXT tokens (above 8: MAXT / 8
+/// mma n-tiles, each code looked up once for all of them; strided schedule only); DQ double
 /// quantization; TS tiled scales (blocksize 64); NH nested index hoisted (see the header); L64 the
 /// 64 KB PRMT table (else 32 KB); P register stages (lab v7); SPLIT the split schedule; KO one k-block
 /// at a time, x loaded with it (lab v10: fewer registers, measured slower). Register double
@@ -459,7 +475,10 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
                                             const float* __restrict__ code, int bshift, int N, int K, int T,
                                             const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
     constexpr int NT = U * RT;
-    constexpr int NC = MAXT == 1 ? 2 : 4;  // fragment values kept per tile: (row g, row g+8) x tokens 2t(, 2t+1)
+    constexpr int NN = MAXT > 8 ? MAXT / 8 : 1;  // mma n-tiles (8 tokens each)
+    // Fragment values kept per tile: (row g, row g+8) x tokens 2t(, 2t+1), for each n-tile.
+    constexpr int NC = (MAXT == 1 ? 2 : 4) * NN;
+    static_assert(MAXT <= 8 || (MAXT % 8 == 0 && !SPLIT && !KO), "more than 8 tokens: whole n-tiles, strided, one pass");
     constexpr int LUT_BYTES = L64 ? T4_LUT64_BYTES : T4_LUT32_BYTES;
     constexpr int JSTEP = W * U;  // k-blocks a warp advances per step
     extern __shared__ __align__(16) u8 t4_smem[];
@@ -604,15 +623,20 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
     // to the previous block.
     int cs_first = cs;
 
-    // x of the current step's k-block u: token g's 16 values at k 64j+16t.. (B fragments), zero past K or T.
-    auto load_x_u = [&](int u, u32 (&xu)[8]) { t4_ld_x(xp + 64 * W * u, g < T && warp + JSTEP * cs + W * u < KB, xu); };
-    auto load_x = [&](u32 (&xw)[U][8]) {
+    // x of the current step's k-block u: token 8 nn + g's 16 values at k 64j+16t.. (B fragments of
+    // n-tile nn), zero past K or T.
+    auto load_x_u = [&](int u, u32 (&xu)[NN][8]) {
+#pragma unroll
+        for (int nn = 0; nn < NN; nn++)
+            t4_ld_x(xp + 64 * W * u + (i64)8 * nn * K, g + 8 * nn < T && warp + JSTEP * cs + W * u < KB, xu[nn]);
+    };
+    auto load_x = [&](u32 (&xw)[U][NN][8]) {
 #pragma unroll
         for (int u = 0; u < U; u++) load_x_u(u, xw[u]);
     };
 
-    // acc[rt] += tile e's fragment sums c times its rows' scales.
-    auto scale_tile = [&](const T4Stage<NT, RT>& st, int e, const float (&c)[4]) {
+    // acc[rt] += tile e's fragment sums c (each n-tile's) times its rows' scales.
+    auto scale_tile = [&](const T4Stage<NT, RT>& st, int e, const float (&c)[NN][4]) {
         const int rt = e % RT;
         float sg, sh;
         if (DQ) {
@@ -625,26 +649,29 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
             sg = __uint_as_float(st.s0[e]);
             sh = __uint_as_float(st.s1[e]);
         }
-        t4_scale_acc<MAXT>(acc[rt], c, sg, sh);
+#pragma unroll
+        for (int nn = 0; nn < NN; nn++) t4_scale_acc<MAXT>(acc[rt], c[nn], sg, sh, 4 * nn);
     };
     // K-step s of tile e into c.
-    auto mma_tile = [&](const T4Stage<NT, RT>& st, int e, int s, const u32 (&xu)[8], float (&c)[4]) {
-        t4_mma_step<L64>(c, st.a[e], s, xu, sbase, lane4);
+    auto mma_tile = [&](const T4Stage<NT, RT>& st, int e, int s, const u32 (&xu)[NN][8], float (&c)[NN][4]) {
+        t4_mma_step_n<L64, NN>(c, st.a[e], s, xu, sbase, lane4);
     };
 
     // Decode and multiply one step, then the scales. Tiles past N or K were zero-filled, so they add 0.
     // KO false: one pass, all tiles' lookups and mma chains interleaved; KO true: a pass a k-block
     // (its RT tiles interleaved, x loaded with it), so only RT fragments are live (fewer registers
     // for larger steps).
-    auto compute = [&](const T4Stage<NT, RT>& st, const u32 (&xw)[U][8]) {
+    auto compute = [&](const T4Stage<NT, RT>& st, const u32 (&xw)[U][NN][8]) {
         constexpr int PASSES = KO ? U : 1, NE = NT / PASSES;
-        u32 xl[U][8];  // KO: x of the pass's k-block (xw unused)
+        u32 xl[U][NN][8];  // KO: x of the pass's k-block (xw unused)
 #pragma unroll
         for (int q = 0; q < PASSES; q++) {
             if (KO) load_x_u(q, xl[q]);
-            float c[NE][4];
+            float c[NE][NN][4];
 #pragma unroll
-            for (int i = 0; i < NE; i++) c[i][0] = c[i][1] = c[i][2] = c[i][3] = 0.f;
+            for (int i = 0; i < NE; i++)
+#pragma unroll
+                for (int nn = 0; nn < NN; nn++) c[i][nn][0] = c[i][nn][1] = c[i][nn][2] = c[i][nn][3] = 0.f;
 #pragma unroll
             for (int s = 0; s < 4; s++)
 #pragma unroll
@@ -696,7 +723,7 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
     // cur: the step decoded now; nxt: the stage it frees last time round, loaded with the step P - 1
     // ahead; last: the most recently loaded stage (its hoisted nested absmax carries over).
     auto run = [&](T4Stage<NT, RT>& cur, T4Stage<NT, RT>& nxt, const T4Stage<NT, RT>& last) {
-        u32 xw[U][8];
+        u32 xw[U][NN][8];
         if (!KO) load_x(xw);
         // Unconditional (past the last step it loads nothing: zeros), so the wait it implies is on
         // every path and the decode below finds the current data and x retired.
@@ -710,7 +737,9 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
         }
         if (!KO)
 #pragma unroll
-            for (int u = 0; u < U; u++) mix ^= xw[u][0] ^ xw[u][4];
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int nn = 0; nn < NN; nn++) mix ^= xw[u][nn][0] ^ xw[u][nn][4];
         if (DQ && TS && NH)
 #pragma unroll
             for (int rt = 0; rt < RT; rt++) mix ^= __float_as_uint(cur.nv[rt][0]) ^ __float_as_uint(cur.nv[rt][1]);
@@ -765,6 +794,13 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
     GEMV4T_KERNEL_SPLIT(gemv4t_fast_plain_t##MAXT##_split, G4_W, G4_RT, G4_U, MAXT, false, true, true, G4_L64, G4_BPS)
 G4_KERNELS(1)
 G4_KERNELS(8)
+// Short prompts, 9..16 tokens (two n-tiles: the weights are read once where 8-row chunks read them
+// twice), the fast kernels only (tiled scales, hoisted nested index: every Falcon shape), strided.
+#ifndef G4_U16
+#define G4_U16 1
+#endif
+GEMV4T_KERNEL(gemv4t_fast_dq_t16, G4_W, G4_RT, G4_U16, 16, true, true, true, G4_L64, G4_BPS)
+GEMV4T_KERNEL(gemv4t_fast_plain_t16, G4_W, G4_RT, G4_U16, 16, false, true, true, G4_L64, G4_BPS)
 
 // ------------------------------------------------------------------------------------------------
 // The bnb-layout fallback GEMV: one warp per weight row (8 per block), lanes stride over its packed

@@ -136,8 +136,12 @@ pub unsafe fn matmul(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Op
     if rows == 0 || n == 0 {
         return Ok(());
     }
-    if rows > GEMV_MAX_ROWS && rows <= GEMV_CHUNKED_MAX_ROWS && gemv_serves(w, x) {
-        return gemv_chunks(dev, x, rows, w, bias, epi, out);
+    if gemv_mma(dev, x, rows, w, bias, epi, out)? {
+        return Ok(());
+    }
+    let gemv_rows = gemv_max_rows(w, x);
+    if rows > gemv_rows && rows <= GEMV_CHUNKED_MAX_ROWS && gemv_rows > 0 {
+        return gemv_chunks(dev, x, rows, gemv_rows, w, bias, epi, out);
     }
     let beta = if epi == Epilogue::Accumulate { 1.0 } else { 0.0 };
     match w {
@@ -147,9 +151,10 @@ pub unsafe fn matmul(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Op
             add_bias(dev, out, rows, n, bias)?;
             gelu_pass(dev, out, rows * n, epi)
         }
-        CudaLinear::FourBit(w) if rows <= GEMV_MAX_ROWS && x % 16 == 0 => w.gemv(dev, x, rows, bias, epi, out),
+        CudaLinear::FourBit(w) if rows <= gemv_rows => w.gemv(dev, x, rows, bias, epi, out),
         CudaLinear::Int8 { cb, scb, threshold: None, .. } if gemv8_fits(rows, GEMV_MAX_ROWS, k, 16, x) => {
-            gemv8_int8w(dev, x, rows, cb.ptr(), scb.ptr(), n, k, bias, epi, out)
+            // T = 1, or K not whole tensor-core k-blocks (gemv_mma took the rest): CUDA cores.
+            gemv8(dev, gemv_kernel(GEMV8_INT8W, rows), 4, x, rows, cb.ptr(), scb.ptr(), n, k, bias, epi, out)
         }
         CudaLinear::Int8 { cb, scb, threshold: Some(thr), .. } => int8_mixed(dev, x, rows, cb, scb, *thr, n, k, bias, epi, out),
         _ => dequant_gemm(dev, x, rows, w, bias, epi, out),
@@ -261,25 +266,27 @@ pub fn pair_blocks(total: usize, (na, ka): (usize, usize), (nb, kb): (usize, usi
     (a.min(na.div_ceil(rows_per_group)), b.min(nb.div_ceil(rows_per_group)))
 }
 
-/// Whether a quantized weight's decode GEMV serves up to GEMV_MAX_ROWS rows of x (NF4/FP4, or int8
-/// weight-only with whole 16-byte words a row), x 16-byte aligned.
-fn gemv_serves(w: &CudaLinear, x: u64) -> bool {
+/// The most rows of x a quantized weight's decode GEMV takes in one launch (0: none), x 16-byte
+/// aligned: NF4/FP4 8 or 16 (`FourBitLinear::gemv_max_rows`), int8 weight-only with whole 16-byte
+/// words a row GEMV_MAX_ROWS (those with whole 64-weight k-blocks take up to 32 in gemv_mma first).
+fn gemv_max_rows(w: &CudaLinear, x: u64) -> usize {
     match w {
-        CudaLinear::FourBit(_) => x % 16 == 0,
-        CudaLinear::Int8 { threshold: None, k, .. } => gemv8_fits(GEMV_MAX_ROWS, GEMV_MAX_ROWS, *k, 16, x),
-        _ => false,
+        CudaLinear::FourBit(f) if x % 16 == 0 => f.gemv_max_rows(),
+        CudaLinear::Int8 { threshold: None, k, .. } if gemv8_fits(GEMV_MAX_ROWS, GEMV_MAX_ROWS, *k, 16, x) => GEMV_MAX_ROWS,
+        _ => 0,
     }
 }
 
-/// `matmul` of `rows` rows as GEMVs over chunks of GEMV_MAX_ROWS rows (row r0 of x and out at
+/// `matmul` of `rows` rows as GEMVs over chunks of `chunk` (8 or 16) rows (row r0 of x and out at
 /// bf16 offsets r0*K and r0*N: 16-byte aligned, as r0 is a multiple of 8).
 ///
 /// # Safety
 /// As `matmul`.
-unsafe fn gemv_chunks(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Option<u64>, epi: Epilogue, out: u64) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemv_chunks(dev: &Device, x: u64, rows: usize, chunk: usize, w: &CudaLinear, bias: Option<u64>, epi: Epilogue, out: u64) -> Result<()> {
     let (n, k) = w.dims();
-    for r0 in (0..rows).step_by(GEMV_MAX_ROWS) {
-        let r = (rows - r0).min(GEMV_MAX_ROWS);
+    for r0 in (0..rows).step_by(chunk) {
+        let r = (rows - r0).min(chunk);
         matmul(dev, x + (r0 * k * 2) as u64, r, w, bias, epi, out + (r0 * n * 2) as u64)?;
     }
     Ok(())
@@ -300,9 +307,29 @@ const GEMV8_BLOCKS_PER_SM: usize = 2;
 const GEMV8_DENSE_MAX_ROWS: usize = 1;
 /// The int8 weight-only kernels for T = 1 and the CUDA-core ones for T <= 2, 4, 8.
 const GEMV8_INT8W: [&str; 4] = ["gemv_int8w_bf16_t1", "gemv_int8w_bf16_t2", "gemv_int8w_bf16_t4", "gemv_int8w_bf16_t8"];
-/// The tensor-core int8 kernel (2 <= T <= 8) and the K multiple it needs (whole 64-weight k-blocks).
-const GEMV8_INT8W_MMA: &str = "gemv_mma_int8w_bf16";
-const GEMV8_MMA_K: usize = 64;
+/// The tensor-core int8 kernels (gemv_mma_body) for T <= 8, 16 and 32.
+const GEMV8_INT8W_MMA: [&str; 3] = ["gemv_mma_int8w_bf16", "gemv_mma_int8w_bf16_t16", "gemv_mma_int8w_bf16_t32"];
+/// Most activation rows the tensor-core kernels take (four MMA n-tiles).
+pub const GEMV_MMA_MAX_ROWS: usize = 32;
+
+/// LLM.int8 weight-only products of 2..=32 rows on tensor cores (kernels/gemv8.cu gemv_mma_body),
+/// streaming the weights once (K a multiple of 64, x 16-byte aligned). Returns false, having
+/// launched nothing, for every other product.
+///
+/// # Safety
+/// As `matmul`.
+pub unsafe fn gemv_mma(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Option<u64>, epi: Epilogue, out: u64) -> Result<bool> {
+    if rows < 2 || rows > GEMV_MMA_MAX_ROWS || x % 16 != 0 {
+        return Ok(false);
+    }
+    let tier = rows.div_ceil(8).next_power_of_two().trailing_zeros() as usize;  // 8, 16, 32 rows: 0, 1, 2
+    let (n, k) = w.dims();
+    match w {
+        CudaLinear::Int8 { cb, scb, threshold: None, .. } if k % 64 == 0 => gemv8(dev, GEMV8_INT8W_MMA[tier], 16, x, rows, cb.ptr(), scb.ptr(), n, k, bias, epi, out)?,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
 
 /// Launch a gemv8 kernel: one wave of blocks, each owning an equal share of the N rows
 /// (`rows_per_group`: 4 for gemv_body, 16 for gemv_mma_body, so small N gets whole groups).
@@ -314,18 +341,6 @@ unsafe fn gemv8(dev: &Device, kernel: &'static str, rows_per_group: usize, x: u6
     let blocks = gemv8_blocks(dev, n, rows_per_group);
     let a = Args::new().ptr(x).ptr(w).ptr(scb).i32(n as i32).i32(k as i32).i32(rows as i32).opt(bias).i32(epi.code()).ptr(out);
     dev.launch("gemv8", kernel, Grid::new((blocks as u32, 1, 1), GEMV8_WARPS * 32).with_pdl(), a)
-}
-
-/// LLM.int8 weight-only through gemv8: T = 1 on CUDA cores, 2..8 on tensor cores when K allows.
-///
-/// # Safety
-/// As `matmul`.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemv8_int8w(dev: &Device, x: u64, rows: usize, cb: u64, scb: u64, n: usize, k: usize, bias: Option<u64>, epi: Epilogue, out: u64) -> Result<()> {
-    if rows >= 2 && k % GEMV8_MMA_K == 0 {
-        return gemv8(dev, GEMV8_INT8W_MMA, 16, x, rows, cb, scb, n, k, bias, epi, out);
-    }
-    gemv8(dev, gemv_kernel(GEMV8_INT8W, rows), 4, x, rows, cb, scb, n, k, bias, epi, out)
 }
 
 /// The GEMV instantiation for `rows` (<= 8) activation rows: t1, t2, t4 or t8.

@@ -1,7 +1,9 @@
 //! The decode linears of kernels/gemv8.cu against the CPU oracle (`peregrine_cpu`, whose quantized
-//! linears are `peregrine_quant`'s bitsandbytes matmul): every T in 1..=8 (bf16: the GEMV at T = 1,
-//! cuBLAS from 2; LLM.int8 weight-only: the CUDA-core GEMV at T = 1, the tensor-core one from 2, the
-//! CUDA-core tN kernels when K % 64 != 0), every epilogue, with and without bias, over shape classes
+//! linears are `peregrine_quant`'s bitsandbytes matmul): every T in 1..=8 and short prompts up to 32
+//! rows (common::GEMV_CHECK_ROWS; bf16: the GEMV at T = 1, the tensor-core GEMV from 2 to 32 when
+//! K % 32 == 0, else cuBLAS; LLM.int8 weight-only: the CUDA-core GEMV at T = 1, the tensor-core one
+//! with 1, 2 or 4 n-tiles from 2 to 32, the CUDA-core tN kernels and 8-row chunks when K % 64 != 0),
+//! every epilogue, with and without bias, over shape classes
 //! that exercise the kernels' edges: N not a multiple of the row groups, fewer rows than one per
 //! block, K not a multiple of a block's K stride (lanes with no word; no tensor-core k-block), long
 //! K (several chunks per row group), and N large enough that blocks own many row groups. Skips

@@ -118,3 +118,47 @@ fn kernel_timings_at_falcon_40b_shapes() {
     row("gelu 512 x 32768", s, format!("{:>7.0} GB/s", (4 * rows * 4 * d) as f64 / s / 1e9));
     println!("memory: {:?}", gpu.memory());
 }
+
+/// Short prompts (T = 1..32 activation rows) through each linear at Falcon-40B's shapes, with the
+/// engine's dispatch (bf16: the T = 1 GEMV, then cuBLAS; LLM.int8 weight-only: the CUDA-core GEMV
+/// at T = 1, then the tensor-core one with 1, 2 or 4 n-tiles; NF4: the tile GEMV with 1 n-tile up
+/// to 8 rows, 2 up to 16, in 16-row chunks above), and for the quantized ones beside the 8-row
+/// chunks the wider kernels replaced, timed in the same process.
+/// GB/s counts the weight bytes once per call.
+#[test]
+fn short_prompt_linears_at_falcon_40b_shapes() {
+    let Some(gpu) = cuda("short_prompt_linears_at_falcon_40b_shapes") else { return };
+    println!("device: {}", gpu.name());
+    let dev = gpu.device();
+    let mut rng = Rng::new(31);
+    let weight_only = peregrine_cuda::SyntheticOptions { int8_threshold: None, ..Default::default() };
+    let shapes = [(9216usize, 8192usize, "qkv"), (8192, 8192, "dense"), (32768, 8192, "h->4h"), (8192, 32768, "4h->h")];
+    for (n, k, what) in shapes {
+        for kind in [QuantKind::Bf16, QuantKind::Int8, QuantKind::Nf4] {
+            let w = gpu.random_linear_with(kind, n, k, 0.02, 1, weight_only).unwrap();
+            let bytes = gpu.linear_bytes(&w) as f64;
+            for rows in [1usize, 2, 4, 8, 12, 16, 19, 24, 32] {
+                let x = gpu.upload(&rng.bf16_vec(rows * k, 1.0)).unwrap();
+                let mut out = gpu.alloc(rows * n).unwrap();
+                let gbs = |s: f64| format!("{:>7.0} GB/s", bytes / s / 1e9);
+                let s = time(&gpu, || gpu.linear(&x, rows, &w, None, &mut out).unwrap());
+                row(&format!("short {kind} {what} {n}x{k} T={rows} engine"), s, gbs(s));
+                if kind == QuantKind::Bf16 && rows > 1 {
+                    let s = time(&gpu, || gpu.linear_fused(&x, rows, &w, None, peregrine_core::Epilogue::Accumulate, &mut out).unwrap());
+                    row(&format!("short {kind} {what} T={rows} engine, out +="), s, gbs(s));
+                }
+                if kind != QuantKind::Bf16 && rows > 8 {
+                    let (xp, op) = (x.ptr(), out.ptr());
+                    let s = time(&gpu, || {
+                        for r0 in (0..rows).step_by(8) {
+                            let r = (rows - r0).min(8);
+                            let (xr, or) = (xp + (r0 * k * 2) as u64, op + (r0 * n * 2) as u64);
+                            unsafe { peregrine_cuda::linear::matmul(dev, xr, r, &w, None, peregrine_core::Epilogue::Store, or).unwrap() };
+                        }
+                    });
+                    row(&format!("short {kind} {what} T={rows} 8-row chunks"), s, gbs(s));
+                }
+            }
+        }
+    }
+}

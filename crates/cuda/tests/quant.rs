@@ -87,7 +87,7 @@ fn quantized_linears_match_the_oracle() {
             } else if rows <= peregrine_cuda::linear::GEMV_MAX_ROWS {
                 "gemv"
             } else if rows <= peregrine_cuda::linear::GEMV_CHUNKED_MAX_ROWS {
-                "gemv on 8-row chunks"
+                "short-prompt gemv: int8 one pass, 4-bit chunks"
             } else {
                 "dequant+cuBLAS"
             };
@@ -189,7 +189,7 @@ fn four_bit_cases() -> Vec<(&'static str, usize, usize, QuantKind, QuantOptions)
 }
 
 /// The 4-bit decode GEMV against the CPU backend (peregrine_quant's bitsandbytes matmul) for every
-/// T in 1..=8 and every epilogue, with and without bias; also: resident bytes are the format's,
+/// T in 1..=8, short prompts in 8-row chunks (common::GEMV_CHECK_ROWS) and every epilogue, with and without bias; also: resident bytes are the format's,
 /// and the weight comes back from the device in bitsandbytes' layout byte for byte. Tolerance:
 /// the GEMV multiplies bf16-rounded codes and scales the f32 partial sum of each 64-k block, where
 /// bitsandbytes rounds code * absmax to bf16: the results differ by rounding only (TOL_BF16).

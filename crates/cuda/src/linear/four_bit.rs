@@ -83,6 +83,8 @@ pub const GEMV4T_WARPS: usize = 8;
 pub const GEMV4T_ROW_TILES: usize = 2;
 pub const GEMV4T_KSTEP: usize = 2;
 pub const GEMV4T_BLOCKS_PER_SM: usize = 2;
+/// Rows of the two-n-tile kernels (gemv4t_fast_*_t16: G4_U16 = 1 k-block a step).
+pub const GEMV4T_WIDE_ROWS: usize = 16;
 /// Most blocks a tile GEMV may have (kernels/quant4.cu G4_SPLIT_MAX).
 pub const GEMV4T_SPLIT_MAX: usize = 1024;
 /// Bytes of the per-lane decode table and the double-quant code (kernels/quant4.cu T4_LUT32_BYTES).
@@ -260,13 +262,25 @@ impl FourBitLinear {
         dev.launch("quant4", kernel, Grid::new((blocks_for(dev, items, threads), 1, 1), threads), a)
     }
 
-    /// out (T, N) = epi(x (T, K) @ W^T + bias) for T = `rows` <= 8: kernel launches only (no
-    /// allocation, no synchronisation), so a decode step can be captured in a graph.
+    /// The most activation rows `gemv` takes in one launch: 16 where the fast tile kernels serve the
+    /// weight (tiled scales at blocksize 64 and a hoistable nested index: every Falcon shape), else 8.
+    pub fn gemv_max_rows(&self) -> usize {
+        match self.layout {
+            FourBitLayout::Tiles { tiled_scales: true } if NestedIndex::of(self).fast() => GEMV4T_WIDE_ROWS,
+            _ => 8,
+        }
+    }
+
+    /// out (T, N) = epi(x (T, K) @ W^T + bias) for T = `rows` <= `gemv_max_rows()`: kernel launches
+    /// only (no allocation, no synchronisation), so a decode step can be captured in a graph.
     ///
     /// # Safety
     /// x must hold rows*K, out rows*N, bias (if any) N bf16 values; x 16-byte aligned.
     pub unsafe fn gemv(&self, dev: &Device, x: u64, rows: usize, bias: Option<u64>, epi: Epilogue, out: u64) -> Result<()> {
         let (n, k) = (self.n, self.k);
+        if rows > self.gemv_max_rows() {
+            return Err(Error::msg(format!("4-bit GEMV ({n}, {k}): {rows} rows of x, at most {} in one launch", self.gemv_max_rows())));
+        }
         match self.layout {
             FourBitLayout::Bnb => {
                 let a = self.absmax.args(Args::new().ptr(x).ptr(self.packed.ptr())).ptr(self.code.ptr()).i32(self.blocksize as i32);
@@ -325,27 +339,56 @@ pub struct TilePlan {
     pub split: bool,
 }
 
-impl TilePlan {
-    fn new(w: &FourBitLinear, tiled_scales: bool, rows: usize, sm_count: usize) -> Self {
+/// How the tile GEMV finds a block's scale: double quantization or not, and whether the nested
+/// absmax index can be hoisted out of the k loop (kernels/quant4.cu's header: NH).
+#[derive(Clone, Copy, Debug)]
+struct NestedIndex {
+    dq: bool,
+    /// log2 of the nested blocksize (0 without double quantization).
+    shift: i32,
+    /// Hoisted: nested index = (n*KB >> shift) + (j >> jshift).
+    jshift: i32,
+    hoist: bool,
+}
+
+impl NestedIndex {
+    fn of(w: &FourBitLinear) -> Self {
         let kb = w.k / 64;
-        let kstep = GEMV4T_WARPS * GEMV4T_KSTEP;
-        let (dq, nested_shift, nested_jshift, hoist) = match &w.absmax {
-            DeviceAbsmax::Plain(_) => (false, 0, 31, true),
+        let kstep = GEMV4T_WARPS * GEMV4T_KSTEP;  // the t1/t8 step; the t16 kernels' single k-block never crosses a segment
+        match &w.absmax {
+            DeviceAbsmax::Plain(_) => NestedIndex { dq: false, shift: 0, jshift: 31, hoist: true },
             DeviceAbsmax::Double { nested_blocksize: nbs, .. } => {
                 let shift = nbs.trailing_zeros() as i32;
-                if nbs % kb == 0 {
-                    (true, shift, 31, true)
+                let (jshift, hoist) = if nbs % kb == 0 {
+                    (31, true)
                 } else if kb % nbs == 0 && nbs % kstep == 0 {
-                    (true, shift, shift, true)
+                    (shift, true)
                 } else {
-                    (true, shift, 31, false)
-                }
+                    (31, false)
+                };
+                NestedIndex { dq: true, shift, jshift, hoist }
             }
-        };
+        }
+    }
+
+    /// Whether the fast kernels (hoisted or no nested index) serve the weight, given tiled scales.
+    fn fast(&self) -> bool {
+        self.hoist || !self.dq
+    }
+}
+
+impl TilePlan {
+    fn new(w: &FourBitLinear, tiled_scales: bool, rows: usize, sm_count: usize) -> Self {
+        let nested = NestedIndex::of(w);
+        let (dq, nested_shift, nested_jshift) = (nested.dq, nested.shift, nested.jshift);
         // fast: tiled scales and hoisted nested index; tiled: tiled scales, nested per block;
         // flat: scales in flat block order (blocksize > 64).
         let one = rows <= 1;
-        let kernel = match (tiled_scales, hoist || !dq, dq, one) {
+        // Above 8 rows only the fast kernels (gemv_max_rows): two n-tiles, strided.
+        let wide = rows > 8;
+        let kernel = match (tiled_scales, nested.fast(), dq, one) {
+            (true, true, true, _) if wide => "gemv4t_fast_dq_t16",
+            (true, _, false, _) if wide => "gemv4t_fast_plain_t16",
             (true, true, true, true) => "gemv4t_fast_dq_t1",
             (true, true, true, false) => "gemv4t_fast_dq_t8",
             (true, false, _, true) => "gemv4t_tiled_dq_t1",
@@ -358,7 +401,7 @@ impl TilePlan {
             (false, _, false, false) => "gemv4t_flat_plain_t8",
         };
         let groups = (w.n / 16).div_ceil(GEMV4T_ROW_TILES);
-        let fragments = if one { 2 } else { 4 };
+        let fragments = if one { 2 } else if wide { 8 } else { 4 };
         // Only the fast kernels have split variants (the Falcon shapes all take them).
         let split_kernel = match kernel {
             "gemv4t_fast_dq_t1" => Some("gemv4t_fast_dq_t1_split"),

@@ -107,8 +107,12 @@ pub fn epilogue_for(t: usize) -> (Epilogue, bool) {
     (epi, t % 2 == 1)
 }
 
-/// A loaded (n, k) linear on both backends against each other for T = 1..=GEMV_MAX_ROWS activation
-/// rows, each T with its epilogue and bias (`epilogue_for`), fresh random inputs, within TOL_BF16.
+/// Activation row counts the linear checks cover: every T of the one-launch GEMVs (1..=8), then
+/// short prompts around the tensor-core tiers (16 and 32 rows) and the 8-row chunks.
+pub const GEMV_CHECK_ROWS: [usize; 14] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 17, 24, 32];
+
+/// A loaded (n, k) linear on both backends against each other for each T of GEMV_CHECK_ROWS,
+/// each T with its epilogue and bias (`epilogue_for`), fresh random inputs, within TOL_BF16.
 /// Accumulate starts from random values; the other epilogues from NaNs they must overwrite.
 #[allow(clippy::too_many_arguments)]
 pub fn check_gemv_rows(
@@ -122,7 +126,7 @@ pub fn check_gemv_rows(
 ) {
     let bias = rng.bf16_vec(n, 0.1);
     let (gb, cb) = (gpu.upload(&bias).unwrap(), cpu.upload(&bias).unwrap());
-    for t in 1..=peregrine_cuda::linear::GEMV_MAX_ROWS {
+    for t in GEMV_CHECK_ROWS {
         let (epi, with_bias) = epilogue_for(t);
         let x = rng.bf16_vec(t * k, 1.0);
         let start = if epi == Epilogue::Accumulate { rng.bf16_vec(t * n, 1.0) } else { vec![f32::NAN; t * n] };
