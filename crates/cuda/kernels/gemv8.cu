@@ -577,6 +577,8 @@ GEMV8_KERNEL(gemv_int8w_bf16_t8, WeightsInt8, 8, 2, 2)
              bf16* out) {                                                                                          \
         gemv_mma_body<WTYPE, U, GEMV8_WARPS, NT>(x, w, scb, N, K, T, bias, epi, out);                             \
     }
+// U = 2 k-blocks a step for every n-tile count: 3 and 4 (where registers allow) measured no faster
+// (tests/perf.rs short_prompt_linears, 2026-11-30, call 4).
 GEMV8_MMA_KERNEL(gemv_mma_int8w_bf16, WeightsInt8, 2, 1)
 GEMV8_MMA_KERNEL(gemv_mma_int8w_bf16_t16, WeightsInt8, 2, 2)
 GEMV8_MMA_KERNEL(gemv_mma_int8w_bf16_t32, WeightsInt8, 2, 4)

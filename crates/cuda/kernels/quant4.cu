@@ -794,13 +794,15 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
     GEMV4T_KERNEL_SPLIT(gemv4t_fast_plain_t##MAXT##_split, G4_W, G4_RT, G4_U, MAXT, false, true, true, G4_L64, G4_BPS)
 G4_KERNELS(1)
 G4_KERNELS(8)
-// Short prompts, 9..16 tokens (two n-tiles: the weights are read once where 8-row chunks read them
-// twice), the fast kernels only (tiled scales, hoisted nested index: every Falcon shape), strided.
-#ifndef G4_U16
-#define G4_U16 1
-#endif
-GEMV4T_KERNEL(gemv4t_fast_dq_t16, G4_W, G4_RT, G4_U16, 16, true, true, true, G4_L64, G4_BPS)
-GEMV4T_KERNEL(gemv4t_fast_plain_t16, G4_W, G4_RT, G4_U16, 16, false, true, true, G4_L64, G4_BPS)
+// Short prompts, 9..16 and 17..32 tokens (two and four n-tiles: the weights are read once where 8-row
+// chunks read them two to four times), the fast kernels only (tiled scales, hoisted nested index:
+// every Falcon shape), strided. One k-block a step (and one row tile a group at 32 tokens) keeps them
+// within 128 registers without spills (two k-blocks spill 60-200 bytes; linear/four_bit.rs mirrors
+// the row tiles).
+GEMV4T_KERNEL(gemv4t_fast_dq_t16, G4_W, G4_RT, 1, 16, true, true, true, G4_L64, G4_BPS)
+GEMV4T_KERNEL(gemv4t_fast_plain_t16, G4_W, G4_RT, 1, 16, false, true, true, G4_L64, G4_BPS)
+GEMV4T_KERNEL(gemv4t_fast_dq_t32, G4_W, 1, 1, 32, true, true, true, G4_L64, G4_BPS)
+GEMV4T_KERNEL(gemv4t_fast_plain_t32, G4_W, 1, 1, 32, false, true, true, G4_L64, G4_BPS)
 
 // ------------------------------------------------------------------------------------------------
 // The bnb-layout fallback GEMV: one warp per weight row (8 per block), lanes stride over its packed

@@ -4,10 +4,12 @@
 //! bitsandbytes' by construction.
 //!
 //! Dispatch (`matmul`): decode GEMVs that stream the weights once: dense at T = 1 and LLM.int8
-//! weight-only at T <= 8 (kernels/gemv8.cu: CUDA cores at T = 1, tensor cores at T = 2..8), NF4/FP4
-//! at T <= 8 (tensor cores on the repacked tiles, kernels/quant4.cu via `four_bit`), both also on
-//! chunks of 8 rows up to T = 32 (short prompts); dense with more rows goes to
-//! cuBLAS (faster than the GEMVs from T = 2, examples/lab_gemv8.rs); quantized weights with more rows
+//! weight-only at T <= 32 (kernels/gemv8.cu: CUDA cores at T = 1, tensor cores with 1, 2 or 4 MMA
+//! n-tiles at T = 2..32, `gemv_mma`), NF4/FP4 at T <= 32 (tensor cores on the repacked tiles,
+//! kernels/quant4.cu via `four_bit`: 1, 2 or 4 n-tiles); weights those kernels do not fit (K not
+//! whole k-blocks, 4-bit scales the fast tile kernels do not index) run the 8-row GEMVs on chunks
+//! of 8 rows up to T = 32 (short prompts); dense with more rows goes to
+//! cuBLAS (faster than the GEMVs from T = 2, examples/lab_gemv8.rs, tests/perf.rs); quantized weights with more rows
 //! (prefill) dequantize chunks of at most `DEQUANT_CHUNK_ELEMS` weights to bf16 and call cuBLAS,
 //! so the extra memory stays bounded (64 MiB) whatever the layer. LLM.int8 with a threshold runs
 //! the mixed-precision decomposition (int8 x int8 in dp4a for regular columns, bf16 for the
@@ -25,11 +27,11 @@ use crate::device::{Args, Device, Grid};
 pub const GEMV_MAX_ROWS: usize = 8;
 /// Weights dequantized per chunk on the prefill path (bf16: 64 MiB).
 pub const DEQUANT_CHUNK_ELEMS: usize = 32 << 20;
-/// Quantized products of up to this many rows (short prompts) run the decode GEMV on chunks of
-/// GEMV_MAX_ROWS rows: streaming the weights ceil(T / 8) times costs less than dequantizing them to
-/// bf16 for cuBLAS (Falcon-40B on an H200: a layer's four GEMVs at T = 8 take 268 us int8 and 173 us
-/// nf4 in the labs, so up to 1.1 / 0.7 ms at T = 32; a 16-token prompt's first token took 75-78 ms
-/// through dequantize + cuBLAS, about 1.25 ms a layer).
+/// Quantized products of up to this many rows (short prompts) run the decode GEMVs (in one launch
+/// where the tensor-core kernels fit, else on chunks of GEMV_MAX_ROWS rows) rather than dequantizing
+/// the weights to bf16 for cuBLAS (Falcon-40B on an H200: a layer's four GEMVs at T = 16 take about
+/// 290 us int8 and 180 us nf4, tests/perf.rs; a 16-token prompt's first token took 75-78 ms through
+/// dequantize + cuBLAS, about 1.25 ms a layer).
 pub const GEMV_CHUNKED_MAX_ROWS: usize = 32;
 
 pub mod four_bit;

@@ -121,9 +121,9 @@ fn kernel_timings_at_falcon_40b_shapes() {
 
 /// Short prompts (T = 1..32 activation rows) through each linear at Falcon-40B's shapes, with the
 /// engine's dispatch (bf16: the T = 1 GEMV, then cuBLAS; LLM.int8 weight-only: the CUDA-core GEMV
-/// at T = 1, then the tensor-core one with 1, 2 or 4 n-tiles; NF4: the tile GEMV with 1 n-tile up
-/// to 8 rows, 2 up to 16, in 16-row chunks above), and for the quantized ones beside the 8-row
-/// chunks the wider kernels replaced, timed in the same process.
+/// at T = 1, then the tensor-core one with 1, 2 or 4 n-tiles; NF4: the tile GEMV with 1, 2 or 4
+/// n-tiles), and for the quantized ones beside the 8-row chunks the wider kernels replaced, timed
+/// in the same process.
 /// GB/s counts the weight bytes once per call.
 #[test]
 fn short_prompt_linears_at_falcon_40b_shapes() {

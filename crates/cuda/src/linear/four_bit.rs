@@ -83,8 +83,9 @@ pub const GEMV4T_WARPS: usize = 8;
 pub const GEMV4T_ROW_TILES: usize = 2;
 pub const GEMV4T_KSTEP: usize = 2;
 pub const GEMV4T_BLOCKS_PER_SM: usize = 2;
-/// Rows of the two-n-tile kernels (gemv4t_fast_*_t16: G4_U16 = 1 k-block a step).
-pub const GEMV4T_WIDE_ROWS: usize = 16;
+/// Rows of the widest tile kernels (gemv4t_fast_*_t32: four n-tiles, one row tile a group; the
+/// t16 kernels keep GEMV4T_ROW_TILES; both one k-block a step).
+pub const GEMV4T_WIDE_ROWS: usize = 32;
 /// Most blocks a tile GEMV may have (kernels/quant4.cu G4_SPLIT_MAX).
 pub const GEMV4T_SPLIT_MAX: usize = 1024;
 /// Bytes of the per-lane decode table and the double-quant code (kernels/quant4.cu T4_LUT32_BYTES).
@@ -262,7 +263,7 @@ impl FourBitLinear {
         dev.launch("quant4", kernel, Grid::new((blocks_for(dev, items, threads), 1, 1), threads), a)
     }
 
-    /// The most activation rows `gemv` takes in one launch: 16 where the fast tile kernels serve the
+    /// The most activation rows `gemv` takes in one launch: 32 where the fast tile kernels serve the
     /// weight (tiled scales at blocksize 64 and a hoistable nested index: every Falcon shape), else 8.
     pub fn gemv_max_rows(&self) -> usize {
         match self.layout {
@@ -384,9 +385,11 @@ impl TilePlan {
         // fast: tiled scales and hoisted nested index; tiled: tiled scales, nested per block;
         // flat: scales in flat block order (blocksize > 64).
         let one = rows <= 1;
-        // Above 8 rows only the fast kernels (gemv_max_rows): two n-tiles, strided.
-        let wide = rows > 8;
+        // Above 8 rows only the fast kernels (gemv_max_rows): two or four n-tiles, strided.
+        let (wide, widest) = (rows > 8, rows > 16);
         let kernel = match (tiled_scales, nested.fast(), dq, one) {
+            (true, true, true, _) if widest => "gemv4t_fast_dq_t32",
+            (true, _, false, _) if widest => "gemv4t_fast_plain_t32",
             (true, true, true, _) if wide => "gemv4t_fast_dq_t16",
             (true, _, false, _) if wide => "gemv4t_fast_plain_t16",
             (true, true, true, true) => "gemv4t_fast_dq_t1",
@@ -400,8 +403,10 @@ impl TilePlan {
             (false, _, false, true) => "gemv4t_flat_plain_t1",
             (false, _, false, false) => "gemv4t_flat_plain_t8",
         };
-        let groups = (w.n / 16).div_ceil(GEMV4T_ROW_TILES);
-        let fragments = if one { 2 } else if wide { 8 } else { 4 };
+        let row_tiles = if widest { 1 } else { GEMV4T_ROW_TILES };
+        let groups = (w.n / 16).div_ceil(row_tiles);
+        // f32 fragment values a lane parks per row tile: 2 at T = 1, 4 per n-tile of 8 tokens.
+        let fragments = if one { 2 } else { 4 * rows.div_ceil(8).next_power_of_two() };
         // Only the fast kernels have split variants (the Falcon shapes all take them).
         let split_kernel = match kernel {
             "gemv4t_fast_dq_t1" => Some("gemv4t_fast_dq_t1_split"),
@@ -420,7 +425,7 @@ impl TilePlan {
             blocks,
             split,
             threads: (GEMV4T_WARPS * 32) as u32,
-            smem: (GEMV4T_LUT_BYTES + GEMV4T_WARPS * GEMV4T_ROW_TILES * fragments * 32 * 4) as u32,
+            smem: (GEMV4T_LUT_BYTES + GEMV4T_WARPS * row_tiles * fragments * 32 * 4) as u32,
             nested_shift,
             nested_jshift,
             bshift: (w.blocksize / 64).trailing_zeros() as i32,
