@@ -191,6 +191,33 @@ __device__ __forceinline__ void issue_step(uint4* slot, const u8* base, const u8
         }
 }
 
+/// The end of a row group for the lab bodies (the engine's per-group finish before it batched groups
+/// in park_group / flush_groups): warp sums into `partial`, one barrier, thread (r, t) adds the warps'
+/// sums in order, applies bias and the epilogue.
+template <class W, int MAXT, int R, int WARPS>
+__device__ __forceinline__ void lab_finish_group(float (&acc)[R][MAXT], float (&partial)[WARPS][R * MAXT], int row0,
+                                                 int row_end, const float* __restrict__ scb, int N, int T,
+                                                 const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < MAXT; t++) {
+            const float v = warp_sum(acc[r][t]);
+            if (lane == 0) partial[warp][r * MAXT + t] = v;
+            acc[r][t] = 0.f;
+        }
+    __syncthreads();
+    const int i = threadIdx.x, r = i / MAXT, t = i % MAXT, n = row0 + r;
+    if (i < R * MAXT && t < T && n < row_end) {
+        float s = 0.f;
+#pragma unroll
+        for (int j = 0; j < WARPS; j++) s += partial[j][i];
+        const float bv = bias != nullptr ? bf2f(bias[n]) : 0.f;
+        store_epilogue(out, (i64)t * N + n, W::finish(s, scb, n) + bv, epi);
+    }
+}
+
 template <class W, int MAXT, int R, int U, int WARPS, int STAGES>
 __device__ __forceinline__ void ba_body(const bf16* __restrict__ x, const u8* __restrict__ w,
                                         const float* __restrict__ scb, int N, int K, int T,
@@ -237,7 +264,7 @@ __device__ __forceinline__ void ba_body(const bf16* __restrict__ x, const u8* __
         }
         cp_async_commit();
         dot_words<W, MAXT, R, U>(acc, q, x, K, T, first + c * U * stride, stride, words);
-        if (c + 1 == chunks) finish_group<W, MAXT, R, WARPS>(acc, partial[(s / chunks) & 1], g_row, row_end, scb, N, T, bias, epi, out);
+        if (c + 1 == chunks) lab_finish_group<W, MAXT, R, WARPS>(acc, partial[(s / chunks) & 1], g_row, row_end, scb, N, T, bias, epi, out);
         if (++c == chunks) { c = 0; g_row += R; }
     }
     cp_async_wait<0>();
@@ -283,7 +310,7 @@ __device__ __forceinline__ float transpose_sum(float (&v)[NV], int lane) {
 __host__ __device__ constexpr int ilog2(int n) { return n <= 1 ? 0 : 1 + ilog2(n / 2); }
 
 /// Row groups whose warp sums wait in shared memory for one barrier and one parallel finish.
-#define GEMV8_BATCH 8
+#define LAB_BQ_BATCH 8
 
 /// One step's loads: U words of the R rows from `row` (rows >= row_end read as zeros), the
 /// lane's words w0 + u * 32 * WARPS. Whole steps (every Falcon shape) take the unpredicated path.
@@ -310,11 +337,11 @@ __device__ __forceinline__ void load_step(uint4 (&q)[U][R], const u8* __restrict
 /// The block's row-group bookkeeping and the shared buffer its warps' sums meet in.
 template <int NV, int WARPS>
 struct GroupSums {
-    float partial[2][GEMV8_BATCH][WARPS][NV];  // [batch parity][group in batch][warp][r * MAXT + t]
+    float partial[2][LAB_BQ_BATCH][WARPS][NV];  // [batch parity][group in batch][warp][r * MAXT + t]
 };
 
 /// After row group `g` (first row `row`): put the warp's sums in shared memory; after every
-/// GEMV8_BATCH groups (and the last), one barrier, then thread (group j, value v) adds the warps'
+/// LAB_BQ_BATCH groups (and the last), one barrier, then thread (group j, value v) adds the warps'
 /// sums in warp order and stores row first_row_of_j + v / MAXT, activation row v % MAXT.
 /// Every thread of the block must call it for every group.
 template <class W, int MAXT, int R, int WARPS>
@@ -332,9 +359,9 @@ __device__ __forceinline__ void bq_finish_group(float (&acc)[R][MAXT], GroupSums
             acc[r][t] = 0.f;
         }
     const float total = transpose_sum<NV>(v, lane);
-    const int slot = g % GEMV8_BATCH, parity = (g / GEMV8_BATCH) & 1;
+    const int slot = g % LAB_BQ_BATCH, parity = (g / LAB_BQ_BATCH) & 1;
     if ((lane & (32 / NV - 1)) == 0) sums.partial[parity][slot][warp][lane >> (5 - ilog2(NV))] = total;
-    if (slot + 1 < GEMV8_BATCH && g + 1 < groups) return;
+    if (slot + 1 < LAB_BQ_BATCH && g + 1 < groups) return;
     __syncthreads();
     for (int i = threadIdx.x; i < (slot + 1) * NV; i += WARPS * 32) {
         const int j = i / NV, vi = i % NV, t = vi % MAXT;
