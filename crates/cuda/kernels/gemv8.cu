@@ -6,7 +6,7 @@
 // Kernels (module "gemv8"; arguments x, w or cb, scb (null for bf16), N, K, T, bias, epi, out):
 //   gemv_bf16_t1                      T = 1 (T >= 2 goes to cuBLAS: faster in the lab)
 //   gemv_int8w_bf16_t1                T = 1
-//   gemv_mma_int8w_bf16               2 <= T <= 8, K % 64 == 0 (tensor cores, gemv_mma_body)
+//   gemv_mma_int8w_bf16(_t16, _t32)   2 <= T <= 8 (16, 32), K % 64 == 0 (tensor cores, gemv_mma_body)
 //   gemv_int8w_bf16_t{2,4,8}          T <= 2/4/8 when K % 64 != 0
 //   gemv_{bf16,int8w_bf16}_t1_pair    two T = 1 products in one launch (both argument lists, blocks0)
 //   gemv_{bf16,int8w_bf16}_t1_pair_ln the same from the row before its LayerNorms (see the macro)

@@ -28,6 +28,7 @@
 //     offset, code, bshift, N, K, T, bias, epi, out (T, N)): the tensor-core GEMV (gemv4t_body);
 //     fast: tiled scales + hoisted nested index, tiled: nested index per block, flat: blocksize > 64;
 //     gemv4t_fast_{dq,plain}_t{1,8}_split: the fast kernels with the split schedule (see gemv4t_body);
+//     gemv4t_fast_{dq,plain}_t{16,32}: T <= 16 / 32 with two / four mma n-tiles (short prompts);
 //   gemv4_rows_bf16(x, packed (bnb), absmax.., code, blocksize, N, K, T, bias, epi, out): a plain
 //     warp-per-row GEMV for the bnb layout (odd shapes only: slow, but allocation-free like the rest).
 #include "prelude.cuh"
@@ -376,8 +377,8 @@ __device__ __forceinline__ void t4_park(float (&acc)[RT][NC], float* red) {
 
 /// The end of a group of the tile GEMV (gemv4t_body): red holds each warp's fragment sums
 /// ([W][RT][NC][32] floats; above 8 tokens, n-tile nn's four values at 4 nn); thread (row, token)
-/// adds them in warp order. part -1: the whole group
-/// was this block's: add bias, apply the epilogue, store. part 0 / 1: the block computed the group's
+/// adds them in warp order. part -1: the whole group was this block's: add bias, apply the
+/// epilogue, store. part 0 / 1: the block computed the group's
 /// first / last steps; the sums wait in g4_split_ws for gemv4t_settle. Every thread of the block
 /// calls it (barriers inside).
 template <int W, int RT, int NC, int MAXT>
