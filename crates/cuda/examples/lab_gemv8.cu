@@ -191,31 +191,15 @@ __device__ __forceinline__ void issue_step(uint4* slot, const u8* base, const u8
         }
 }
 
-/// The end of a row group for the lab bodies (the engine's per-group finish before it batched groups
-/// in park_group / flush_groups): warp sums into `partial`, one barrier, thread (r, t) adds the warps'
-/// sums in order, applies bias and the epilogue.
+/// The end of a row group for the lab's ring bodies, one group at a time: the engine's park_group
+/// and flush_groups (which the engine calls once per GEMV8_BATCH groups).
 template <class W, int MAXT, int R, int WARPS>
 __device__ __forceinline__ void lab_finish_group(float (&acc)[R][MAXT], float (&partial)[WARPS][R * MAXT], int row0,
                                                  int row_end, const float* __restrict__ scb, int N, int T,
                                                  const bf16* __restrict__ bias, int epi, bf16* __restrict__ out) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int t = 0; t < MAXT; t++) {
-            const float v = warp_sum(acc[r][t]);
-            if (lane == 0) partial[warp][r * MAXT + t] = v;
-            acc[r][t] = 0.f;
-        }
-    __syncthreads();
-    const int i = threadIdx.x, r = i / MAXT, t = i % MAXT, n = row0 + r;
-    if (i < R * MAXT && t < T && n < row_end) {
-        float s = 0.f;
-#pragma unroll
-        for (int j = 0; j < WARPS; j++) s += partial[j][i];
-        const float bv = bias != nullptr ? bf2f(bias[n]) : 0.f;
-        store_epilogue(out, (i64)t * N + n, W::finish(s, scb, n) + bv, epi);
-    }
+    float unused[R][1];  // the second product's sums: dual kernels only
+    park_group<W, MAXT, R, WARPS, false>(acc, unused, &partial[0][0]);
+    flush_groups<W, MAXT, R, WARPS, false>(&partial[0][0], 1, row0, row_end, scb, Seg2{}, N, T, bias, epi, out);
 }
 
 template <class W, int MAXT, int R, int U, int WARPS, int STAGES>

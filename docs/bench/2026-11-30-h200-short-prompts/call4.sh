@@ -12,7 +12,7 @@ for round in 1 2; do
   done
 done
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-for T in 16 19; do
+for T in 16 19; do  # (the inline summary below failed on the JSON line before the CSV header; the committed summaries come from scripts/ncu_kernel_summary.py)
   IDS=$(python3 -c "print(','.join(str(100 + (i * 7919) % 60000) for i in range($T)))")
   echo "=== ncu: one $T-token bf16 prefill (kernels serialised)"
   timeout 200 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv -k 'regex:^(?!fill_normal)' \
