@@ -3,7 +3,7 @@
 // Kernels:
 //   dequant_int8_bf16(cb, scb, K, row_ids, row0, nrows, out (nrows, K)): out = bf16((cb * scb) / 127),
 //     thread per element, grid-stride (prefill chunks and embeddings).
-//   dequant_int8w_bf16(same arguments): K % 16 == 0, thread per 16 weights, 16-byte accesses.
+//   dequant_int8w_bf16(same arguments): K % 16 == 0, thread per 8 weights, 16-byte stores.
 //   (The weight-only GEMV for T <= 8, no threshold, is gemv_int8w_bf16_t* in gemv8.cu.)
 //   gemv_int8_mixed_bf16_t{1,2,4,8}(xq, sca, cb, scb, x, cols, count, N, K, T, bias, out): LLM.int8
 //     for T <= 8: a warp owns 4 weight rows (8 warps per block); lane l streams 16-byte words
@@ -46,29 +46,28 @@ extern "C" __global__ void dequant_int8_bf16(const i8* __restrict__ cb, const fl
     }
 }
 
-// Fast dequantization for K % 16 == 0: thread per 16 weights, one 16-byte load, two stores.
+// Fast dequantization for K % 16 == 0: thread per 8 weights, one 8-byte load, one 16-byte store (a
+// warp's stores cover 512 contiguous bytes).
 extern "C" __global__ void dequant_int8w_bf16(const i8* __restrict__ cb, const float* __restrict__ scb, int K,
                                               const u32* __restrict__ row_ids, i64 row0, i64 nrows,
                                               bf16* __restrict__ out) {
-    const int wpr = K / 16;
-    const i64 total = nrows * wpr;
+    const int per_row = K / 8;
+    const i64 total = nrows * per_row;
     for (i64 idx = blockIdx.x * (i64)blockDim.x + threadIdx.x; idx < total; idx += (i64)gridDim.x * blockDim.x) {
-        const i64 i = idx / wpr;
-        const int w = (int)(idx % wpr);
+        const i64 i = idx / per_row;
+        const int w = (int)(idx % per_row);
         const i64 r = row_ids ? (i64)row_ids[i] : row0 + i;
-        const uint4 q = __ldg(reinterpret_cast<const uint4*>(cb + r * K + (i64)w * 16));
+        const uint2 q = __ldg(reinterpret_cast<const uint2*>(cb + r * K + (i64)w * 8));
         const float s = scb[r];
-        const u32 qw[4] = {q.x, q.y, q.z, q.w};
-        __nv_bfloat162 h[8];
+        const u32 qw[2] = {q.x, q.y};
+        __nv_bfloat162 h[4];
 #pragma unroll
-        for (int e = 0; e < 8; e++) {
+        for (int e = 0; e < 4; e++) {
             const u32 word = qw[e / 2];
             h[e].x = f2bf(dequant_int8((i8)((word >> (16 * (e % 2))) & 0xFF), s));
             h[e].y = f2bf(dequant_int8((i8)((word >> (16 * (e % 2) + 8)) & 0xFF), s));
         }
-        uint4* dst = reinterpret_cast<uint4*>(out + i * K + (i64)w * 16);
-        dst[0] = *reinterpret_cast<uint4*>(&h[0]);
-        dst[1] = *reinterpret_cast<uint4*>(&h[4]);
+        *reinterpret_cast<uint4*>(out + i * K + (i64)w * 8) = *reinterpret_cast<uint4*>(h);
     }
 }
 

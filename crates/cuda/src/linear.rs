@@ -118,7 +118,7 @@ pub unsafe fn dequantize_rows(dev: &Device, w: &CudaLinear, row_ids: Option<u64>
             None => dev.copy_d2d(out, w.ptr_at(row0 * k), nrows * k * 2),
         },
         CudaLinear::Int8 { cb, scb, .. } => {
-            let (kernel, per_thread) = if k % 16 == 0 { ("dequant_int8w_bf16", 16) } else { ("dequant_int8_bf16", 1) };
+            let (kernel, per_thread) = if k % 16 == 0 { ("dequant_int8w_bf16", 8) } else { ("dequant_int8_bf16", 1) };
             let g = Grid::new((dev.blocks_for(nrows * k / per_thread, threads), 1, 1), threads);
             let a = Args::new().ptr(cb.ptr()).ptr(scb.ptr()).i32(k as i32).opt(row_ids).i64(row0 as i64).i64(nrows as i64).ptr(out);
             dev.launch("int8", kernel, g, a)
