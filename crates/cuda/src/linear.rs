@@ -321,7 +321,7 @@ pub const GEMV_MMA_MAX_ROWS: usize = 32;
 /// # Safety
 /// As `matmul`.
 pub unsafe fn gemv_mma(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Option<u64>, epi: Epilogue, out: u64) -> Result<bool> {
-    if rows < 2 || rows > GEMV_MMA_MAX_ROWS || x % 16 != 0 {
+    if !(2..=GEMV_MMA_MAX_ROWS).contains(&rows) || x % 16 != 0 {
         return Ok(false);
     }
     let tier = rows.div_ceil(8).next_power_of_two().trailing_zeros() as usize;  // 8, 16, 32 rows: 0, 1, 2
