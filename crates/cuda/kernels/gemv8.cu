@@ -407,7 +407,20 @@ struct MmaWords<WeightsInt8, NT> {
 /// one n-tile, fewer of more (the shared array stays 32 KB at 8 warps).
 #define GEMV8_MMA_BATCH(NT) ((NT) >= 4 ? 1 : 4 / (NT))
 
-/// See the comment above. Block = WARPS warps splitting K (k-block i of a row goes to warp i mod WARPS);
+/// 1: a warp's U k-blocks of a step are adjacent, so its two loads of a row read 128 contiguous bytes;
+/// 0: k-block i goes to warp i mod WARPS (3-6% slower at T = 2..32: tests/perf.rs short_prompt_linears,
+/// 2026-11-30, call 11).
+#ifndef GEMV8_MMA_KB_CONTIG
+#define GEMV8_MMA_KB_CONTIG 1
+#endif
+
+/// The k-block that warp `warp` takes as its u-th of K chunk c.
+template <int U, int WARPS>
+__device__ __forceinline__ int mma_kblock(int warp, int c, int u) {
+    return GEMV8_MMA_KB_CONTIG ? (c * WARPS + warp) * U + u : warp + (c * U + u) * WARPS;
+}
+
+/// See the comment above. Block = WARPS warps splitting K (a step's k-blocks: mma_kblock);
 /// steps = (row groups) x (K chunks of U k-blocks a warp), two register buffers in turn.
 template <class W, int U, int WARPS, int NT>
 __device__ __forceinline__ void gemv_mma_body(const bf16* __restrict__ x, const u8* __restrict__ w,
@@ -438,7 +451,7 @@ __device__ __forceinline__ void gemv_mma_body(const bf16* __restrict__ x, const 
     auto load = [&](uint4 (&qg)[U], uint4 (&qh)[U]) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int kb = warp + (l_c * U + u) * WARPS;
+            const int kb = mma_kblock<U, WARPS>(warp, l_c, u);
             const int off = (kb * 4 + c) * 16;
             if (kb < kblocks && g < l_size) qg[u] = ld_weights(pg + off);
             if (kb < kblocks && g + 8 < l_size) qh[u] = ld_weights(pg + 8 * row_bytes + off);
@@ -454,7 +467,7 @@ __device__ __forceinline__ void gemv_mma_body(const bf16* __restrict__ x, const 
     auto use = [&](const uint4 (&qg)[U], const uint4 (&qh)[U]) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int kb = warp + (u_c * U + u) * WARPS;
+            const int kb = mma_kblock<U, WARPS>(warp, u_c, u);
             if (kb >= kblocks) break;
             uint4 xw[NT][NX];
 #pragma unroll
