@@ -16,6 +16,8 @@ use std::time::Duration;
 pub use peregrine_core::{ClockProbe, ClockSample};
 use serde::{Deserialize, Serialize};
 
+use crate::stats::percentile;
+
 /// How often the sampler reads the probe.
 pub const SAMPLE_PERIOD: Duration = Duration::from_millis(100);
 
@@ -41,35 +43,19 @@ impl ClockSummary {
         if samples.is_empty() {
             return None;
         }
-        let sm: Vec<f64> = sorted(samples.iter().map(|s| s.sm_mhz));
-        let power: Vec<f64> = sorted(samples.iter().map(|s| s.power_w));
+        let sm: Vec<f64> = samples.iter().map(|s| s.sm_mhz).collect();
+        let power: Vec<f64> = samples.iter().map(|s| s.power_w).collect();
         let capped = samples.iter().filter(|s| s.power_capped).count();
         Some(ClockSummary {
             samples: samples.len(),
-            sm_mhz_median: median(&sm),
-            sm_mhz_min: sm[0],
-            sm_mhz_max: sm[sm.len() - 1],
-            power_w_median: median(&power),
-            power_w_max: power[power.len() - 1],
+            sm_mhz_median: percentile(&sm, 50.0)?,
+            sm_mhz_min: percentile(&sm, 0.0)?,
+            sm_mhz_max: percentile(&sm, 100.0)?,
+            power_w_median: percentile(&power, 50.0)?,
+            power_w_max: percentile(&power, 100.0)?,
             power_limit_w,
             power_capped_share: capped as f64 / samples.len() as f64,
         })
-    }
-}
-
-fn sorted(values: impl Iterator<Item = f64>) -> Vec<f64> {
-    let mut v: Vec<f64> = values.collect();
-    v.sort_by(f64::total_cmp);
-    v
-}
-
-/// The middle value of sorted `v` (the mean of the two middle ones for an even count).
-fn median(v: &[f64]) -> f64 {
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 

@@ -9,7 +9,14 @@
 //   lab_tc_*, lab_v5_*, lab_v7_*, lab_v9_*: gemv4t_body instantiations (see the table in lab_gemv4.rs).
 //   lab_bulk_body (v8): the bulk-copy (TMA) ring.
 
+/// quant4.cu's t4_mma_step_n for one n-tile (the lab bodies' k-step).
+template <bool L64>
+__device__ __forceinline__ void t4_mma_step(float (&c)[4], const uint4& a, int s, const u32 (&xu)[8], u32 sbase, u32 lane4) {
+    t4_mma_step_n<L64, 1>(reinterpret_cast<float(&)[1][4]>(c), a, s, reinterpret_cast<const u32(&)[1][8]>(xu), sbase, lane4);
+}
+
 // ---- v1 (the previous gemv4_bf16_t*) ----
+
 #define V1_ROWS 4
 #define V1_WARPS 8
 #define V1_UNROLL 2

@@ -378,28 +378,26 @@ __device__ __forceinline__ void mma_bf16_16816(float (&d)[4], u32 a0, u32 a1, u3
 
 __device__ __forceinline__ u32 word_at(const uint4& q, int i) { return i == 0 ? q.x : i == 1 ? q.y : i == 2 ? q.z : q.w; }
 
-/// The MMAs of one 16-byte word a row for a lane: its words of rows g (qg) and g + 8 (qh), and x rows
-/// 8 nt + g of each n-tile (xw[nt]: the x words under the weight word). int8: each word is 4 MMAs of 4 weights; the bytes become exact bf16 pairs (int8x4_to_bf16x2).
-template <int NT>
-__device__ __forceinline__ void mma_words_int8(float (&d)[NT][4], const uint4& qg, const uint4& qh, const uint4 (&xw)[NT][2]) {
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        u32 g01, g23, h01, h23;
-        int8x4_to_bf16x2(word_at(qg, j), g01, g23);
-        int8x4_to_bf16x2(word_at(qh, j), h01, h23);
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-            mma_bf16_16816(d[nt], g01, h01, g23, h23, word_at(xw[nt][j / 2], 2 * (j % 2)), word_at(xw[nt][j / 2], 2 * (j % 2) + 1));
-    }
-}
-
-/// The MMAs of weight format W (a specialisation per format; examples/lab_gemv8.cu adds bf16).
+/// The MMAs of one 16-byte word a row for a lane, weight format W (a specialisation per format;
+/// examples/lab_gemv8.cu adds bf16): its words of rows g (qg) and g + 8 (qh), and x rows 8 nt + g of
+/// each n-tile (xw[nt]: the x words under the weight word).
 template <class W, int NT>
 struct MmaWords;
+
+/// int8: each word is 4 MMAs of 4 weights; the bytes become exact bf16 pairs (int8x4_to_bf16x2), once
+/// for all n-tiles.
 template <int NT>
 struct MmaWords<WeightsInt8, NT> {
     __device__ static __forceinline__ void run(float (&d)[NT][4], const uint4& qg, const uint4& qh, const uint4 (&xw)[NT][2]) {
-        mma_words_int8<NT>(d, qg, qh, xw);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u32 g01, g23, h01, h23;
+            int8x4_to_bf16x2(word_at(qg, j), g01, g23);
+            int8x4_to_bf16x2(word_at(qh, j), h01, h23);
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+                mma_bf16_16816(d[nt], g01, h01, g23, h23, word_at(xw[nt][j / 2], 2 * (j % 2)), word_at(xw[nt][j / 2], 2 * (j % 2) + 1));
+        }
     }
 };
 

@@ -340,12 +340,6 @@ __device__ __forceinline__ void t4_mma_step_n(float (&c)[NN][4], const uint4& a,
     for (int nn = 0; nn < NN; nn++) t4_mma(c[nn], p0, p1, p2, p3, xu[nn][2 * s], xu[nn][2 * s + 1]);
 }
 
-/// t4_mma_step_n for one n-tile.
-template <bool L64>
-__device__ __forceinline__ void t4_mma_step(float (&c)[4], const uint4& a, int s, const u32 (&xu)[8], u32 sbase, u32 lane4) {
-    t4_mma_step_n<L64, 1>(reinterpret_cast<float(&)[1][4]>(c), a, s, reinterpret_cast<const u32(&)[1][8]>(xu), sbase, lane4);
-}
-
 /// acc (one row tile's sums: rows g, g + 8 x this lane's tokens) += a tile's mma fragment c times the
 /// scales of its rows (sg: row g, sh: row g + 8), into acc[base..]: n-tile nn's four values at base
 /// 4 nn. At MAXT 1 only token 0's two values are kept.
