@@ -4,6 +4,10 @@
 //   gelu_bf16(x, n)                                      exact erf GELU in f32, in place.
 //   add_bf16(dst, src, n)                                dst = bf16(dst + src) in f32.
 //   add_bias_bf16(out (R, N), bias (N), R, N)            out[r, j] = bf16(out[r, j] + bias[j]).
+//   lab_read_weights(a, na, b, nb, sink)                 lab only (PEREGRINE_LAB_READ): reads na + nb
+//                                                        16-byte words once (a product's weights and
+//                                                        scales), writes nothing: a GEMV's read ceiling
+//                                                        in place, inside the decode's graph and PDL chain.
 // Thread mapping: grid-stride loops, one element per thread per step (these ops move a few MB
 // per decode step; they are launch-bound, not bandwidth-bound), except gelu_bf16, which reads and
 // writes 16-byte words (in a 2,048-token prefill it moves 268 MB per layer). Assumptions: ids were checked
@@ -52,4 +56,34 @@ extern "C" __global__ void add_bias_bf16(bf16* __restrict__ out, const bf16* __r
     for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
         out[i] = f2bf(bf2f(out[i]) + bf2f(bias[i % n]));
     }
+}
+
+// The read a decode GEMV cannot beat: the same bytes streamed once, 4 loads in flight a thread, the
+// first ones issued before the PDL wait (as the GEMVs issue their first weights). One wave of
+// blocks. sink is written only if the XOR of every word is a magic value (keeps the loads alive).
+__device__ __forceinline__ uint4 lab_read_word(const uint4* a, i64 na, const uint4* b, i64 i) {
+    uint4 v;
+    const uint4* p = i < na ? a + i : b + (i - na);
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+extern "C" __global__ void __launch_bounds__(256) lab_read_weights(const uint4* __restrict__ a, i64 na, const uint4* __restrict__ b,
+                                                                   i64 nb, u32* __restrict__ sink) {
+    const i64 n = na + nb, stride = (i64)gridDim.x * blockDim.x;
+    u32 acc = 0;
+    bool entered = false;
+    for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += 4 * stride) {
+        uint4 v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) v[u] = i + u * stride < n ? lab_read_word(a, na, b, i + u * stride) : make_uint4(0, 0, 0, 0);
+        if (!entered) {
+            PDL_ENTER();
+            entered = true;
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+    if (!entered) PDL_ENTER();
+    if (acc == 0x9E3779B9u) sink[0] = acc;
 }

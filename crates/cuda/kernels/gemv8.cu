@@ -336,6 +336,15 @@ __device__ __forceinline__ void gemv_body(const bf16* __restrict__ x, const u8* 
         const int n_row = c + 1 < chunks ? g_row : g_row + R, n_c = c + 1 < chunks ? c + 1 : 0;
         uint4 next[U][R];
         if (s + 1 < steps) load_step(next, n_row, n_c);
+#ifdef GEMV8_LAB_NOCOMPUTE  // lab only (timing, wrong values): the loads and schedule without the products
+        u32 mix = 0;
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++) mix ^= q[u][r].x ^ q[u][r].y ^ q[u][r].z ^ q[u][r].w;
+        acc[0][0] += __uint_as_float(mix & 0x7fu);
+        if (false)
+#endif
         if (!DUAL || c < chunks1)
             dot_words<W, MAXT, R, U, LN>(acc, q, xr, K, T, first + c * U * stride, stride, words);
         else if (W::SCALED)

@@ -727,6 +727,9 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
 #pragma unroll
         for (int e = 0; e < NT; e++) {
             mix ^= cur.a[e].x ^ cur.s0[e];
+#ifdef G4_LAB_NOCOMPUTE  // every word of the 16-byte loads stays live
+            mix ^= cur.a[e].y ^ cur.a[e].z ^ cur.a[e].w;
+#endif
             if (!TS) mix ^= cur.s1[e];
             if (!TS || (DQ && !NH)) mix ^= __float_as_uint(cur.n0[e]) ^ __float_as_uint(cur.n1[e]);
         }
@@ -741,7 +744,11 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
         const u32 dep = mix * opaque_zero;
         advance_load(dep);
         load(nxt, last, dep);
+#ifndef G4_LAB_NOCOMPUTE
         compute(cur, xw);
+#else  // lab only (timing, wrong values): the loads and schedule without the decode, the data kept live
+        acc[0][0] += __uint_as_float(mix & 0x7fu);
+#endif
         advance_compute();
     };
     for (int it = 0; it < total; it += P) {
@@ -763,20 +770,25 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
 // index hoisted, 64 KB table, blocks per SM the registers must allow(, register pipeline stages).
 #define GEMV4T_KERNEL_P(NAME, W, RT, U, MAXT, DQ, TS, NH, L64, BPS, P)                                    \
     extern "C" __global__ void __launch_bounds__(W * 32, BPS) NAME(T4_ARGS) {                              \
-        gemv4t_body<W, RT, U, MAXT, DQ, TS, NH, L64, P>(T4_PASS);                                         \
+        gemv4t_body<W, RT, U, MAXT, DQ, TS, NH, L64, P, false, G4_KO && MAXT <= 8>(T4_PASS);             \
     }
 #define GEMV4T_KERNEL(NAME, W, RT, U, MAXT, DQ, TS, NH, L64, BPS) GEMV4T_KERNEL_P(NAME, W, RT, U, MAXT, DQ, TS, NH, L64, BPS, 2)
 // The split schedule (see the header; linear/four_bit.rs tile_schedule picks it).
 #define GEMV4T_KERNEL_SPLIT(NAME, W, RT, U, MAXT, DQ, TS, NH, L64, BPS)                                      \
     extern "C" __global__ void __launch_bounds__(W * 32, BPS) NAME(T4_ARGS) {                              \
-        gemv4t_body<W, RT, U, MAXT, DQ, TS, NH, L64, 2, true>(T4_PASS);                                    \
+        gemv4t_body<W, RT, U, MAXT, DQ, TS, NH, L64, 2, true, G4_KO>(T4_PASS);                             \
     }
 
 // Production configuration (crates/cuda/src/linear/four_bit.rs mirrors it: GEMV4T_* constants).
 // fast: tiled scales, nested hoisted; tiled: tiled scales, nested per block; flat: blocksize > 64.
 #define G4_W 8
 #define G4_RT 2
+#ifndef G4_KO  // one k-block at a time (KO; overridable for lab runs)
+#define G4_KO false
+#endif
+#ifndef G4_U  // k-blocks a step (overridable for lab runs: the host's plan holds for 1, 2 and 4 at Falcon shapes)
 #define G4_U 2
+#endif
 #define G4_L64 false
 #define G4_BPS 2
 #define G4_KERNELS(MAXT)                                                                                   \

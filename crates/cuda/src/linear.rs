@@ -138,6 +138,10 @@ pub unsafe fn matmul(dev: &Device, x: u64, rows: usize, w: &CudaLinear, bias: Op
     if rows == 0 || n == 0 {
         return Ok(());
     }
+    if rows == 1 && lab_read() {
+        let [a, b] = read_ranges(w);
+        return lab_read_weights(dev, a, b, out);
+    }
     if gemv_mma(dev, x, rows, w, bias, epi, out)? {
         return Ok(());
     }
@@ -200,6 +204,10 @@ pub unsafe fn matmul_pair(dev: &Device, a: PairProduct, b: PairProduct, norm: Op
     let ((na, ka), (nb, kb)) = (a.w.dims(), b.w.dims());
     let ok_norm = norm.is_none() || (a.x == b.x && ka == kb && ka % 8 == 0 && ka <= PAIR_NORM_MAX_K);
     let Some((int8, (wa, sa), (wb, sb))) = gemv8_t1_operands(&a, &b).filter(|_| ok_norm) else { return Ok(false) };
+    if lab_read() {
+        lab_read_weights(dev, read_ranges(a.w)[0], read_ranges(b.w)[0], a.out)?;
+        return Ok(true);
+    }
     let kernel = if int8 { ["gemv_int8w_bf16_t1_pair", "gemv_int8w_bf16_t1_pair_ln"] } else { ["gemv_bf16_t1_pair", "gemv_bf16_t1_pair_ln"] };
     let (blocks_a, blocks_b) = pair_blocks(GEMV8_BLOCKS_PER_SM * dev.sm_count as usize, (na, ka), (nb, kb), 4);
     let args = Args::new().ptr(a.x).ptr(wa).ptr(sa).i32(na as i32).i32(ka as i32).opt(a.bias).i32(a.epi.code()).ptr(a.out);
@@ -228,12 +236,52 @@ pub unsafe fn matmul_sum(dev: &Device, a: PairProduct, b: PairProduct) -> Result
     let ((na, ka), (nb, kb)) = (a.w.dims(), b.w.dims());
     let same_out = na == nb && a.out == b.out;
     let Some((int8, (wa, sa), (wb, sb))) = gemv8_t1_operands(&a, &b).filter(|_| same_out) else { return Ok(false) };
+    if lab_read() {
+        lab_read_weights(dev, read_ranges(a.w)[0], read_ranges(b.w)[0], a.out)?;
+        return Ok(true);
+    }
     let kernel = if int8 { "gemv_int8w_bf16_t1_dual" } else { "gemv_bf16_t1_dual" };
     let blocks = gemv8_blocks(dev, na, 4);
     let args = Args::new().ptr(a.x).ptr(wa).ptr(sa).i32(na as i32).i32(ka as i32).opt(a.bias).i32(Epilogue::Accumulate.code()).ptr(a.out);
     let args = args.ptr(b.x).ptr(wb).ptr(sb).i32(kb as i32).opt(b.bias);
     dev.launch("gemv8", kernel, Grid::new((blocks as u32, 1, 1), GEMV8_WARPS * 32).with_pdl(), args)?;
     Ok(true)
+}
+
+/// Whether `PEREGRINE_LAB_READ` is set: a lab switch (timing only, the outputs are wrong) that
+/// replaces every one-row weight product, pair and sum launch by a plain read of the same weight
+/// bytes (`lab_read_weights`), so a decode measures in place, inside its graph and PDL chain, the
+/// time its GEMVs could at best reach (crates/cuda/NOTES.md).
+fn lab_read() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("PEREGRINE_LAB_READ").is_some())
+}
+
+/// The device ranges (pointer, bytes) a one-row product of `w` streams: the weights, and the
+/// per-block scales where they are a share of the bytes (4-bit; int8's per-row scales are < 0.1%).
+fn read_ranges(w: &CudaLinear) -> [(u64, usize); 2] {
+    match w {
+        CudaLinear::Dense { w, .. } => [(w.ptr(), w.bytes()), (0, 0)],
+        CudaLinear::Int8 { cb, .. } => [(cb.ptr(), cb.bytes()), (0, 0)],
+        CudaLinear::FourBit(f) => {
+            let scales = match &f.absmax {
+                DeviceAbsmax::Plain(p) => (p.ptr(), p.bytes()),
+                DeviceAbsmax::Double { q, .. } => (q.ptr(), q.bytes()),
+            };
+            [(f.packed.ptr(), f.packed.bytes()), scales]
+        }
+    }
+}
+
+/// One launch of kernels/elementwise.cu lab_read_weights over ranges `a` and `b` (whole 16-byte
+/// words of each; `sink` is written only in the kernel's practically impossible magic case).
+///
+/// # Safety
+/// Both ranges are device memory of at least the given bytes; sink holds 4 bytes.
+unsafe fn lab_read_weights(dev: &Device, a: (u64, usize), b: (u64, usize), sink: u64) -> Result<()> {
+    let grid = Grid::new((dev.sm_count * 8, 1, 1), 256).with_pdl();
+    let args = Args::new().ptr(a.0).i64((a.1 / 16) as i64).ptr(b.0).i64((b.1 / 16) as i64).ptr(sink);
+    dev.launch("elementwise", "lab_read_weights", grid, args)
 }
 
 /// The weights of two T = 1 products that gemv8's two-product kernels serve together: both bf16
