@@ -626,8 +626,17 @@ __device__ __forceinline__ void gemv4t_body(const bf16* __restrict__ x, const ui
             t4_ld_x(xp + 64 * W * u + (i64)8 * nn * K, g + 8 * nn < T && warp + JSTEP * cs + W * u < KB, xu[nn]);
     };
     auto load_x = [&](u32 (&xw)[U][NN][8]) {
+#ifdef G4_LAB_NOX  // lab only (timing, wrong values): no x loads, x taken as zero
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int nn = 0; nn < NN; nn++)
+#pragma unroll
+                for (int i = 0; i < 8; i++) xw[u][nn][i] = opaque_zero;
+#else
 #pragma unroll
         for (int u = 0; u < U; u++) load_x_u(u, xw[u]);
+#endif
     };
 
     // acc[rt] += tile e's fragment sums c (each n-tile's) times its rows' scales.
