@@ -432,6 +432,7 @@ __device__ __forceinline__ void bq_body(const bf16* __restrict__ x, const u8* __
 template <int VIA_I2F>
 struct WeightsInt8Mix {
     static constexpr int PER_WORD = 16;
+    static constexpr float BIAS = 0.f;  // chunk() gives the weights themselves
     __device__ static __forceinline__ void four(u32 word, float* f) {
         const u32 u = word ^ 0x80808080u;
         f[0] = __int2float_rn((int)(i8)(word & 0xFF));

@@ -26,8 +26,14 @@
 //   blocks and rows.
 // Key design choice (int8): a byte becomes an f32 without the int->float converter (quarter rate
 //   on Hopper, which capped the previous kernel near 2 TB/s): flip its sign bit (b + 128, one LOP
-//   per 4 bytes), place it under the exponent of 2^23 with one PRMT (the float 2^23 + b + 128) and
-//   subtract 2^23 + 128 with one FADD: exact for every byte.
+//   per 4 bytes) and place it with one PRMT. The T <= 4 CUDA-core kernels (GEMV8_BIASED) put it
+//   under the exponent of 2^15: the float 32896 + w, whose product with a bf16 x is exact in f32;
+//   each row's sum of 8 such products starts from -32896 * (those 8 x), computed once for the R
+//   rows, so the sum is the weights' own up to its roundings (magnitudes up to 32896 |x|: about
+//   1e-4 of the sum of |w x|, far below the bf16 output's rounding). One PRMT + one FFMA a weight instead of
+//   PRMT + FADD + FFMA: int8 decode 96.1-96.4 -> 98.8-98.9 tok/s (2026-11-30, crates/cuda/NOTES.md).
+//   The T <= 8 kernel keeps the exact form (under 2^23, minus 2^23 + 128 with one FADD): the chunk
+//   sums' registers spilled there.
 // Launched as programmatic dependents (Grid::with_pdl): each block issues its first weight loads
 //   before PDL_WAIT, so they overlap the end of the previous kernel.
 // Assumptions (checked on the host): K % 8 (bf16) or K % 16 (int8) == 0, x and w 16-byte aligned,
@@ -56,10 +62,29 @@ __device__ __forceinline__ void int8x4_to_f32(u32 w, float* f) {
     f[3] = __int_as_float(__byte_perm(u, 0x4B000000u, 0x7543)) - 8388736.0f;
 }
 
+/// 1: the CUDA-core kernels for T <= 4 take int8 weights as w + BIAS (one PRMT a weight, no FADD)
+/// and start each row's 8-weight chunk sum from -BIAS * (the chunk's x sum); 0: exact w (PRMT + FADD).
+/// (T <= 8 keeps the exact weights: the chunk sums' registers spilled there.)
+#ifndef GEMV8_BIASED
+#define GEMV8_BIASED 1
+#endif
+
+/// The 4 signed bytes of `w` as the exact floats 32896 + w: each byte b + 128 placed under the
+/// exponent of 2^15 (bits 15..8 of the mantissa) by one PRMT. (32896 + w) * x is then exact in f32
+/// for a bf16 x (16 x 8 significant bits), so only the sums round.
+__device__ __forceinline__ void int8x4_to_f32_biased(u32 w, float* f) {
+    const u32 u = w ^ 0x80808080u;  // each byte b -> b + 128 in [0, 255]
+    f[0] = __int_as_float(__byte_perm(u, 0x47000000u, 0x7504));
+    f[1] = __int_as_float(__byte_perm(u, 0x47000000u, 0x7514));
+    f[2] = __int_as_float(__byte_perm(u, 0x47000000u, 0x7524));
+    f[3] = __int_as_float(__byte_perm(u, 0x47000000u, 0x7534));
+}
+
 /// bf16 weights: 8 per word, no scale.
 struct WeightsBf16 {
     static constexpr int PER_WORD = 8;
     static constexpr bool SCALED = false;  // finish() is the identity
+    static constexpr float BIAS = 0.f;     // chunk() gives the weights themselves
     /// The 8 weights of chunk `c` (8 weights; a bf16 word is one chunk) of word q.
     __device__ static __forceinline__ void chunk(const uint4& q, int, float* w) { unpack8_bf16(q, w); }
     __device__ static __forceinline__ float finish(float acc, const float*, int) { return acc; }
@@ -69,9 +94,15 @@ struct WeightsBf16 {
 struct WeightsInt8 {
     static constexpr int PER_WORD = 16;
     static constexpr bool SCALED = true;  // finish() applies the row's scale
+    /// chunk_biased() gives w + BIAS (dot_words then subtracts BIAS * x once a chunk), chunk() w.
+    static constexpr float BIAS = 32896.f;
     __device__ static __forceinline__ void chunk(const uint4& q, int c, float* w) {
         int8x4_to_f32(c == 0 ? q.x : q.z, w);
         int8x4_to_f32(c == 0 ? q.y : q.w, w + 4);
+    }
+    __device__ static __forceinline__ void chunk_biased(const uint4& q, int c, float* w) {
+        int8x4_to_f32_biased(c == 0 ? q.x : q.z, w);
+        int8x4_to_f32_biased(c == 0 ? q.y : q.w, w + 4);
     }
     /// (acc * scb) * (1/127), rounded as bitsandbytes' f32 dequantization (and the previous kernel).
     __device__ static __forceinline__ float finish(float acc, const float* scb, int n) {
@@ -84,6 +115,7 @@ template <class W, int MAXT, int R, int U, bool XS = false>
 __device__ __forceinline__ void dot_words(float (&acc)[R][MAXT], const uint4 (&q)[U][R], const bf16* __restrict__ x,
                                           int K, int T, int w0, int step, int words) {
     constexpr int CHUNKS = W::PER_WORD / 8;
+    constexpr bool BIASED = GEMV8_BIASED && W::BIAS != 0.f && MAXT <= 4;
 #pragma unroll
     for (int u = 0; u < U; u++) {
         const int w = w0 + u * step;
@@ -98,15 +130,36 @@ __device__ __forceinline__ void dot_words(float (&acc)[R][MAXT], const uint4 (&q
                     const uint4* xp = reinterpret_cast<const uint4*>(x + (i64)t * K + k);
                     unpack8_bf16(XS ? *xp : __ldg(xp), xf[t]);  // XS: x in shared memory
                 }
+            // BIASED: each row's chunk sum starts from -BIAS * (the chunk's x sum), shared by the
+            // R rows, so the biased weights' products add up to the weights' own (rounding: the sums
+            // carry magnitudes up to BIAS * |x|, about 1e-4 of the sum of |w x|: the file comment).
+            float base[MAXT];
+            if constexpr (BIASED) {
+#pragma unroll
+                for (int t = 0; t < MAXT; t++)
+                    if (t < T) {
+                        const float* v = xf[t];
+                        base[t] = -W::BIAS * (((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7])));
+                    }
+            }
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 float wv[8];
-                W::chunk(q[u][r], c, wv);
+                if constexpr (BIASED) W::chunk_biased(q[u][r], c, wv);
+                else W::chunk(q[u][r], c, wv);
 #pragma unroll
                 for (int t = 0; t < MAXT; t++)
-                    if (t < T)
+                    if (t < T) {
+                        if constexpr (BIASED) {
+                            float a = base[t];
 #pragma unroll
-                        for (int e = 0; e < 8; e++) acc[r][t] = fmaf(wv[e], xf[t][e], acc[r][t]);
+                            for (int e = 0; e < 8; e++) a = fmaf(wv[e], xf[t][e], a);
+                            acc[r][t] += a;
+                        } else {
+#pragma unroll
+                            for (int e = 0; e < 8; e++) acc[r][t] = fmaf(wv[e], xf[t][e], acc[r][t]);
+                        }
+                    }
             }
         }
     }

@@ -56,6 +56,36 @@ fn gemv_int8_weight_only_matches_cpu() {
     gemv_matches_cpu(QuantKind::Int8, 61);
 }
 
+/// Falcon-like activations through the int8 CUDA-core kernels, which take the weights as w + 32896
+/// and subtract 32896 * (x sum) once per 8 weights (kernels/gemv8.cu, GEMV8_BIASED): x ~ N(0, 1)
+/// with one column in 64 an outlier of magnitude 50-200, the longest Falcon K (32,768: T = 1) and a K
+/// that is not whole tensor-core k-blocks (32,784: the t2 and t4 kernels), within TOL_BF16 of the
+/// CPU oracle (the dequantized weights (CB * SCB) / 127 in f32 times x, an f32 matmul).
+#[test]
+fn gemv_int8_holds_outlier_activations() {
+    let Some(gpu) = cuda("gemv_int8_holds_outlier_activations") else { return };
+    let cpu = cpu();
+    let mut rng = Rng::new(67);
+    for (k, rows) in [(32768usize, 1usize), (32784, 2), (32784, 4)] {
+        let n = 256;
+        let lw = weight(&mut rng, QuantKind::Int8, n, k);
+        let (gw, cw) = (gpu.load_linear(lw.clone()).unwrap(), cpu.load_linear(lw).unwrap());
+        let mut x = rng.bf16_vec(rows * k, 1.0);
+        for (i, v) in x.iter_mut().enumerate() {
+            if (i % k) % 64 == 17 {
+                let sign = if rng.below(2) == 0 { -1.0 } else { 1.0 };
+                *v = round_bf16(sign * (50.0 + 150.0 * rng.uniform()));
+            }
+        }
+        let mut go = poisoned(&gpu, rows * n);
+        gpu.linear(&gpu.upload(&x).unwrap(), rows, &gw, None, &mut go).unwrap();
+        let mut co = poisoned(&cpu, rows * n);
+        cpu.linear(&cpu.upload(&x).unwrap(), rows, &cw, None, &mut co).unwrap();
+        let name = format!("int8 outlier x ({n}x{k}) T={rows}");
+        check(&name, &gpu.download(&go, 0, rows * n).unwrap(), &cpu.download(&co, 0, rows * n).unwrap(), TOL_BF16);
+    }
+}
+
 /// Every byte value decodes exactly: a weight row holding each of the 256 int8 codes, with x = 1
 /// in one column at a time, returns code * scb / 127 for that column.
 #[test]
