@@ -30,10 +30,10 @@
 //   under the exponent of 2^15: the float 32896 + w, whose product with a bf16 x is exact in f32;
 //   each row's sum of 8 such products starts from -32896 * (those 8 x), computed once for the R
 //   rows, so the sum is the weights' own up to its roundings (magnitudes up to 32896 |x|: about
-//   1e-4 of the sum of |w x|, far below the bf16 output's rounding). One PRMT + one FFMA a weight instead of
-//   PRMT + FADD + FFMA: int8 decode 96.1-96.4 -> 98.8-98.9 tok/s (2026-11-30, crates/cuda/NOTES.md).
-//   The T <= 8 kernel keeps the exact form (under 2^23, minus 2^23 + 128 with one FADD): the chunk
-//   sums' registers spilled there.
+//   1e-4 of the sum of |w x|, far below the bf16 output's rounding). One PRMT + one FFMA a weight
+//   instead of PRMT + FADD + FFMA: int8 decode 96.1-96.4 -> 98.8-98.9 tok/s (2026-11-30,
+//   crates/cuda/NOTES.md). The T <= 8 kernel keeps the exact form (under 2^23, minus 2^23 + 128
+//   with one FADD): the chunk sums' registers spilled there.
 // Launched as programmatic dependents (Grid::with_pdl): each block issues its first weight loads
 //   before PDL_WAIT, so they overlap the end of the previous kernel.
 // Assumptions (checked on the host): K % 8 (bf16) or K % 16 (int8) == 0, x and w 16-byte aligned,
