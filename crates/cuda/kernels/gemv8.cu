@@ -53,15 +53,6 @@ __device__ __forceinline__ uint4 ld_weights(const u8* p) {
     return v;
 }
 
-/// The 4 signed bytes of `w` as exact f32 (see the file comment).
-__device__ __forceinline__ void int8x4_to_f32(u32 w, float* f) {
-    const u32 u = w ^ 0x80808080u;  // each byte b -> b + 128 in [0, 255]
-    f[0] = __int_as_float(__byte_perm(u, 0x4B000000u, 0x7540)) - 8388736.0f;
-    f[1] = __int_as_float(__byte_perm(u, 0x4B000000u, 0x7541)) - 8388736.0f;
-    f[2] = __int_as_float(__byte_perm(u, 0x4B000000u, 0x7542)) - 8388736.0f;
-    f[3] = __int_as_float(__byte_perm(u, 0x4B000000u, 0x7543)) - 8388736.0f;
-}
-
 /// 1: the CUDA-core kernels for T <= 4 take int8 weights as w + BIAS (one PRMT a weight, no FADD)
 /// and start each row's 8-weight chunk sum from -BIAS * (the chunk's x sum); 0: exact w (PRMT + FADD).
 /// (T <= 8 keeps the exact weights: the chunk sums' registers spilled there.)
@@ -69,15 +60,17 @@ __device__ __forceinline__ void int8x4_to_f32(u32 w, float* f) {
 #define GEMV8_BIASED 1
 #endif
 
-/// The 4 signed bytes of `w` as the exact floats 32896 + w: each byte b + 128 placed under the
-/// exponent of 2^15 (bits 15..8 of the mantissa) by one PRMT. (32896 + w) * x is then exact in f32
-/// for a bf16 x (16 x 8 significant bits), so only the sums round.
-__device__ __forceinline__ void int8x4_to_f32_biased(u32 w, float* f) {
+/// The 4 signed bytes of `w` as exact f32 (see the file comment), each byte b flipped to b + 128:
+/// BIASED, placed under the exponent of 2^15 by one PRMT, the float 32896 + w ((32896 + w) * x is
+/// then exact in f32 for a bf16 x, so only the sums round); otherwise placed under 2^23 and
+/// 2^23 + 128 subtracted, the float w.
+template <bool BIASED>
+__device__ __forceinline__ void int8x4_to_f32(u32 w, float* f) {
     const u32 u = w ^ 0x80808080u;  // each byte b -> b + 128 in [0, 255]
-    f[0] = __int_as_float(__byte_perm(u, 0x47000000u, 0x7504));
-    f[1] = __int_as_float(__byte_perm(u, 0x47000000u, 0x7514));
-    f[2] = __int_as_float(__byte_perm(u, 0x47000000u, 0x7524));
-    f[3] = __int_as_float(__byte_perm(u, 0x47000000u, 0x7534));
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        f[i] = BIASED ? __int_as_float(__byte_perm(u, 0x47000000u, 0x7504u | (i << 4)))
+                      : __int_as_float(__byte_perm(u, 0x4B000000u, 0x7540u | i)) - 8388736.0f;
 }
 
 /// bf16 weights: 8 per word, no scale.
@@ -94,15 +87,12 @@ struct WeightsBf16 {
 struct WeightsInt8 {
     static constexpr int PER_WORD = 16;
     static constexpr bool SCALED = true;  // finish() applies the row's scale
-    /// chunk_biased() gives w + BIAS (dot_words then subtracts BIAS * x once a chunk), chunk() w.
+    /// chunk<true>() gives w + BIAS (dot_words then subtracts BIAS * x once a chunk), chunk() w.
     static constexpr float BIAS = 32896.f;
+    template <bool BIASED = false>
     __device__ static __forceinline__ void chunk(const uint4& q, int c, float* w) {
-        int8x4_to_f32(c == 0 ? q.x : q.z, w);
-        int8x4_to_f32(c == 0 ? q.y : q.w, w + 4);
-    }
-    __device__ static __forceinline__ void chunk_biased(const uint4& q, int c, float* w) {
-        int8x4_to_f32_biased(c == 0 ? q.x : q.z, w);
-        int8x4_to_f32_biased(c == 0 ? q.y : q.w, w + 4);
+        int8x4_to_f32<BIASED>(c == 0 ? q.x : q.z, w);
+        int8x4_to_f32<BIASED>(c == 0 ? q.y : q.w, w + 4);
     }
     /// (acc * scb) * (1/127), rounded as bitsandbytes' f32 dequantization (and the previous kernel).
     __device__ static __forceinline__ float finish(float acc, const float* scb, int n) {
@@ -145,20 +135,15 @@ __device__ __forceinline__ void dot_words(float (&acc)[R][MAXT], const uint4 (&q
 #pragma unroll
             for (int r = 0; r < R; r++) {
                 float wv[8];
-                if constexpr (BIASED) W::chunk_biased(q[u][r], c, wv);
+                if constexpr (BIASED) W::template chunk<true>(q[u][r], c, wv);
                 else W::chunk(q[u][r], c, wv);
 #pragma unroll
                 for (int t = 0; t < MAXT; t++)
                     if (t < T) {
-                        if constexpr (BIASED) {
-                            float a = base[t];
+                        float a = BIASED ? base[t] : acc[r][t];
 #pragma unroll
-                            for (int e = 0; e < 8; e++) a = fmaf(wv[e], xf[t][e], a);
-                            acc[r][t] += a;
-                        } else {
-#pragma unroll
-                            for (int e = 0; e < 8; e++) acc[r][t] = fmaf(wv[e], xf[t][e], acc[r][t]);
-                        }
+                        for (int e = 0; e < 8; e++) a = fmaf(wv[e], xf[t][e], a);
+                        acc[r][t] = BIASED ? acc[r][t] + a : a;
                     }
             }
         }
@@ -389,21 +374,21 @@ __device__ __forceinline__ void gemv_body(const bf16* __restrict__ x, const u8* 
         const int n_row = c + 1 < chunks ? g_row : g_row + R, n_c = c + 1 < chunks ? c + 1 : 0;
         uint4 next[U][R];
         if (s + 1 < steps) load_step(next, n_row, n_c);
-#ifdef GEMV8_LAB_NOCOMPUTE  // lab only (timing, wrong values): the loads and schedule without the products
-        u32 mix = 0;
-#pragma unroll
-        for (int u = 0; u < U; u++)
-#pragma unroll
-            for (int r = 0; r < R; r++) mix ^= q[u][r].x ^ q[u][r].y ^ q[u][r].z ^ q[u][r].w;
-        acc[0][0] += __uint_as_float(mix & 0x7fu);
-        if (false)
-#endif
+#ifndef GEMV8_LAB_NOCOMPUTE
         if (!DUAL || c < chunks1)
             dot_words<W, MAXT, R, U, LN>(acc, q, xr, K, T, first + c * U * stride, stride, words);
         else if (W::SCALED)
             dot_words<W, 1, R, U>(acc2, q, s2.x, s2.K, 1, first + (c - chunks1) * U * stride, stride, words2);
         else
             dot_words<W, MAXT, R, U>(acc, q, s2.x, s2.K, 1, first + (c - chunks1) * U * stride, stride, words2);
+#else  // lab only (timing, wrong values): the loads and schedule without the products, the words kept live
+        u32 mix = 0;
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++) mix ^= q[u][r].x ^ q[u][r].y ^ q[u][r].z ^ q[u][r].w;
+        acc[0][0] += __uint_as_float(mix & 0x7fu);
+#endif
         if (c + 1 == chunks) {
             const int grp = s / chunks, slot = grp % GEMV8_BATCH;
             float* batch = partial[(grp / GEMV8_BATCH) & 1][0];

@@ -205,8 +205,7 @@ pub unsafe fn matmul_pair(dev: &Device, a: PairProduct, b: PairProduct, norm: Op
     let ok_norm = norm.is_none() || (a.x == b.x && ka == kb && ka % 8 == 0 && ka <= PAIR_NORM_MAX_K);
     let Some((int8, (wa, sa), (wb, sb))) = gemv8_t1_operands(&a, &b).filter(|_| ok_norm) else { return Ok(false) };
     if lab_read() {
-        lab_read_weights(dev, read_ranges(a.w)[0], read_ranges(b.w)[0], a.out)?;
-        return Ok(true);
+        return lab_read_two(dev, &a, &b);
     }
     let kernel = if int8 { ["gemv_int8w_bf16_t1_pair", "gemv_int8w_bf16_t1_pair_ln"] } else { ["gemv_bf16_t1_pair", "gemv_bf16_t1_pair_ln"] };
     let (blocks_a, blocks_b) = pair_blocks(GEMV8_BLOCKS_PER_SM * dev.sm_count as usize, (na, ka), (nb, kb), 4);
@@ -237,8 +236,7 @@ pub unsafe fn matmul_sum(dev: &Device, a: PairProduct, b: PairProduct) -> Result
     let same_out = na == nb && a.out == b.out;
     let Some((int8, (wa, sa), (wb, sb))) = gemv8_t1_operands(&a, &b).filter(|_| same_out) else { return Ok(false) };
     if lab_read() {
-        lab_read_weights(dev, read_ranges(a.w)[0], read_ranges(b.w)[0], a.out)?;
-        return Ok(true);
+        return lab_read_two(dev, &a, &b);
     }
     let kernel = if int8 { "gemv_int8w_bf16_t1_dual" } else { "gemv_bf16_t1_dual" };
     let blocks = gemv8_blocks(dev, na, 4);
@@ -271,6 +269,15 @@ fn read_ranges(w: &CudaLinear) -> [(u64, usize); 2] {
             [(f.packed.ptr(), f.packed.bytes()), scales]
         }
     }
+}
+
+/// A pair or sum launch under `PEREGRINE_LAB_READ`: one read of both products' weights.
+///
+/// # Safety
+/// As `matmul_pair` / `matmul_sum`.
+unsafe fn lab_read_two(dev: &Device, a: &PairProduct, b: &PairProduct) -> Result<bool> {
+    lab_read_weights(dev, read_ranges(a.w)[0], read_ranges(b.w)[0], a.out)?;
+    Ok(true)
 }
 
 /// One launch of kernels/elementwise.cu lab_read_weights over ranges `a` and `b` (whole 16-byte
